@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, whatever dca's build, tests, examples and benchmarks need that this
 # Debian machine lacks. Safe to run again: it installs only missing packages.
+#   scripts/install-deps.sh                 # build, tests, examples, benchmarks
+#   scripts/install-deps.sh --with-fuzzer   # and Clang's libFuzzer
 set -euo pipefail
 
 packages=(
   g++ cmake make            # toolchain
   libeigen3-dev             # dense linear algebra: every contraction
   libxtensor-dev            # N-d views of tensors
+  nlohmann-json3-dev        # safetensors headers and Hugging Face config.json
+  zlib1g-dev                # reading gzip-compressed corpora (dict-gcide ships as .dict.dz)
   doctest-dev               # tests
   libbenchmark-dev          # benchmarks
+  libcli11-dev              # command lines of the examples
+  fortunes dict-gcide       # the default pretraining corpus: real English text
 )
+
+# --with-fuzzer: also Clang and its runtime, for the libFuzzer target (tests/fuzz), as CI runs it.
+if [ "${1:-}" = "--with-fuzzer" ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

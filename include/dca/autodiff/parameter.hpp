@@ -26,6 +26,12 @@ class Parameter {
   /// Empty until the parameter first takes part in a backward pass as an active value.
   const Tensor<T>& grad() const { return grad_; }
   bool has_grad() const { return !grad_.empty(); }
+  /// The gradient for in-place edits (clipping, scaling); throws UsageError if there is none yet.
+  Tensor<T>& mutable_grad() {
+    if (!has_grad())
+      detail::fail<UsageError>("Parameter '", name_, "' has no gradient yet (it has not taken part in a backward pass)");
+    return grad_;
+  }
   void zero_grad() { grad_.fill(T(0)); }
 
   /// A frozen parameter is a constant on every tape: it receives no gradient, and the ops that

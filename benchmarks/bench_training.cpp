@@ -1,0 +1,63 @@
+// Training-step throughput: forward + cross-entropy + backward + AdamW, float32, GPT-2 style
+// decoder with a tied head, at the two reference configs of docs/performance.md.
+//   ./build/benchmarks/bench_training --benchmark_counters_tabular=true
+// FLOP accounting per token (forward; the step is 3× forward): 2·(12·L·d² + V·d) for the
+// matmuls (qkv 3d², output d², MLP 8d², head V·d) + 4·L·T·d for attention scores and values,
+// counting the full T×T score matrix (the kernel computes all of it).
+#include <dca/dca.hpp>
+#include <dca/nn/nn.hpp>
+#include <dca/train/optimizer.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+namespace {
+
+using dca::index_t;
+
+double flops_per_token(index_t layers, index_t d, index_t t, index_t vocab) {
+  const double matmul = 2.0 * (12.0 * layers * d * d + static_cast<double>(vocab) * d);
+  const double attention = 4.0 * layers * t * d;
+  return 3.0 * (matmul + attention);
+}
+
+// Args: layers, heads, d, T, vocab, batch, threads.
+void BM_TrainingStep(benchmark::State& state) {
+  const index_t layers = state.range(0), heads = state.range(1), d = state.range(2), t = state.range(3),
+                vocab = state.range(4), batch = state.range(5);
+  dca::set_num_threads(static_cast<int>(state.range(6)));
+  dca::Decoder<float> model(dca::DecoderConfig::gpt2(vocab, d, layers, heads, t), 1);
+  dca::AdamW<float> optimizer(model.parameters(), dca::AdamWConfig{});
+  dca::Rng rng(2);
+  std::vector<index_t> ids(static_cast<std::size_t>(batch * t)), targets(ids.size());
+  for (auto& id : ids) id = rng.below(vocab);
+  for (auto& id : targets) id = rng.below(vocab);
+  dca::Tape<float> tape;
+  for (auto _ : state) {
+    tape.reset();
+    const auto loss = model.loss(tape, ids, targets, batch);
+    tape.backward(loss);
+    optimizer.step(1e-4);
+    optimizer.zero_grad();
+    benchmark::DoNotOptimize(loss.item());
+  }
+  const double tokens = static_cast<double>(batch * t);
+  state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(tokens * flops_per_token(layers, d, t, vocab) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+// tiny: L=2, H=4, d=128, T=64, V=96, B=16;  small: L=4, H=4, d=256, T=128, V=256, B=8
+BENCHMARK(BM_TrainingStep)
+    ->ArgNames({"L", "H", "d", "T", "V", "B", "threads"})
+    ->Args({2, 4, 128, 64, 96, 16, 1})
+    ->Args({2, 4, 128, 64, 96, 16, 2})
+    ->Args({4, 4, 256, 128, 256, 8, 1})
+    ->Args({4, 4, 256, 128, 256, 8, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK_MAIN();

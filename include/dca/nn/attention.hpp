@@ -1,0 +1,110 @@
+// dca/nn/attention.hpp — the self-attention layer of a decoder: projections, rotary positions,
+// the fused attention op, and the output projection, with Hugging Face parameter names.
+#pragma once
+
+#include "dca/autodiff/ops/attention.hpp"
+#include "dca/autodiff/ops/rope.hpp"
+#include "dca/autodiff/ops/shape.hpp"
+#include "dca/nn/linear.hpp"
+
+#include <span>
+#include <string>
+
+namespace dca {
+
+/// What an attention layer sees besides its own rows, set by the decoder for each call.
+template <Scalar T>
+struct AttentionContext {
+  std::span<const index_t> positions;      // [N] position ids of the rows (rotary, sliding window)
+  std::span<const AttentionGroup> groups;  // which rows attend to which; empty: all rows, one sequence
+  AttentionRule rule = AttentionRule::causal;
+  ConstantKV<T> cache;                     // this layer's constant keys/values (after rotary), or empty
+};
+
+template <Scalar T>
+class SelfAttention {
+ public:
+  /// y:[N,d] plus the layer's keys and values [N, Hkv·D] after rotary: what a KV cache stores.
+  struct Output {
+    Var<T> y, keys, values;
+  };
+
+  SelfAttention() = default;
+  SelfAttention(const DecoderConfig& config, const std::string& prefix, index_t layer)
+      : n_heads_(config.n_heads), n_kv_heads_(config.n_kv_heads), head_dim_(config.resolved_head_dim()),
+        rotary_(config.positions == PositionKind::rotary), rope_theta_(config.rope_theta),
+        rope_float32_(config.rope_float32_angles), scale_(config.query_scale), softcap_(config.attention_softcap),
+        window_(config.layer_uses_window(layer) ? config.sliding_window : 0) {
+    const index_t d = config.hidden_size, q_width = n_heads_ * head_dim_, kv_width = n_kv_heads_ * head_dim_;
+    if (config.architecture == "gpt2") {
+      fused_ = Linear<T>(prefix + ".c_attn", d, 3 * d, config.qkv_bias, WeightLayout::in_out);
+      out_ = Linear<T>(prefix + ".c_proj", d, d, config.out_bias, WeightLayout::in_out);
+    } else {
+      q_ = Linear<T>(prefix + ".q_proj", d, q_width, config.qkv_bias);
+      k_ = Linear<T>(prefix + ".k_proj", d, kv_width, config.qkv_bias);
+      v_ = Linear<T>(prefix + ".v_proj", d, kv_width, config.qkv_bias);
+      out_ = Linear<T>(prefix + ".o_proj", q_width, d, config.out_bias);
+    }
+  }
+
+  /// x:[N,d] -> y:[N,d], keys/values:[N, Hkv·D]
+  Output operator()(Tape<T>& tape, const Var<T>& x, const AttentionContext<T>& context) {
+    Var<T> q, k, v;
+    if (fused()) {  // GPT-2: one [d, 3d] projection, split into q | k | v
+      const Var<T> qkv = fused_(tape, x);
+      const index_t d = x.cols();
+      q = slice_cols(qkv, 0, d);
+      k = slice_cols(qkv, d, d);
+      v = slice_cols(qkv, 2 * d, d);
+    } else {
+      q = q_(tape, x);
+      k = k_(tape, x);
+      v = v_(tape, x);
+    }
+    if (rotary_) {
+      q = rope(q, context.positions, RopeConfig{n_heads_, rope_theta_, rope_float32_});
+      k = rope(k, context.positions, RopeConfig{n_kv_heads_, rope_theta_, rope_float32_});
+    }
+    AttentionArgs<T> args;
+    args.n_heads = n_heads_;
+    args.n_kv_heads = n_kv_heads_;
+    args.scale = scale_;
+    args.softcap = softcap_;
+    args.rule = context.rule;
+    args.window = window_;
+    args.groups = context.groups;
+    args.q_positions = context.positions;
+    args.k_positions = context.positions;
+    args.cache = context.cache;
+    const Var<T> attended = attention(q, k, v, args);
+    return {out_(tape, attended), k, v};
+  }
+
+  /// Projections ~ N(0, std²); the output projection, which feeds the residual stream, with
+  /// `residual_std` (GPT-2's 1/sqrt(2·n_layers) scaling).
+  void init(Rng& rng, double std, double residual_std) {
+    for (Linear<T>* l : {&fused_, &q_, &k_, &v_})
+      if (l->in_features() > 0) l->init(rng, std);
+    out_.init(rng, residual_std);
+  }
+
+  void collect(std::vector<Parameter<T>*>& out) {
+    for (Linear<T>* l : {&fused_, &q_, &k_, &v_, &out_})
+      if (l->in_features() > 0) l->collect(out);
+  }
+
+  index_t window() const { return window_; }
+
+ private:
+  bool fused() const { return fused_.in_features() > 0; }
+
+  Linear<T> fused_, q_, k_, v_, out_;
+  index_t n_heads_ = 1, n_kv_heads_ = 1, head_dim_ = 0;
+  bool rotary_ = true;
+  double rope_theta_ = 10000.0;
+  bool rope_float32_ = false;
+  double scale_ = 0, softcap_ = 0;
+  index_t window_ = 0;
+};
+
+}  // namespace dca

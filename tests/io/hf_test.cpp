@@ -1,0 +1,162 @@
+// Specification of Hugging Face model directories: config.json mapping, save/load round trips for
+// every architecture and size, and all-or-nothing loading with errors that name the problem.
+#include "dca/io/hf.hpp"
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#ifndef DCA_FIXTURE_DIR
+#error "DCA_FIXTURE_DIR must point at tests/data/hf"
+#endif
+
+using dca::DecoderConfig;
+using dca::index_t;
+
+namespace {
+
+// A fresh scratch directory under the system temp folder, removed at scope exit.
+struct ScratchDir {
+  std::filesystem::path path;
+  explicit ScratchDir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / ("dca-hf-test-" + name + "-" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path); }
+};
+
+std::vector<double> logits_of(dca::Decoder<double>& decoder, const std::vector<index_t>& ids) {
+  dca::Tape<double> tape;
+  const auto logits = decoder.logits(tape, ids);
+  return {logits.value().span().begin(), logits.value().span().end()};
+}
+
+void write_json(const std::filesystem::path& path, const nlohmann::json& j) { std::ofstream(path) << j.dump(); }
+
+}  // namespace
+
+TEST_CASE("the fixtures' config.json files map onto the matching presets") {
+  const auto gpt2 = dca::read_hf_config(std::string(DCA_FIXTURE_DIR) + "/gpt2/config.json");
+  CHECK(gpt2.architecture == "gpt2");
+  CHECK(gpt2.hidden_size == 64);
+  CHECK(gpt2.intermediate_size == 256);  // n_inner null: 4·d
+  CHECK(gpt2.positions == dca::PositionKind::learned);
+  CHECK(gpt2.max_positions == 64);
+  CHECK(gpt2.tie_embeddings);
+
+  const auto llama = dca::read_hf_config(std::string(DCA_FIXTURE_DIR) + "/llama/config.json");
+  CHECK(llama.n_kv_heads == 2);
+  CHECK(llama.intermediate_size == 176);
+  CHECK_FALSE(llama.tie_embeddings);
+  CHECK(llama.rope_theta == 10000.0);
+
+  const auto gemma = dca::read_hf_config(std::string(DCA_FIXTURE_DIR) + "/gemma2/config.json");
+  CHECK(gemma.norm == dca::NormKind::rms_norm_one_plus);
+  CHECK(gemma.attention_softcap == 3.0);
+  CHECK(gemma.final_softcap == 5.0);
+  CHECK(gemma.query_scale == doctest::Approx(0.25));  // query_pre_attn_scalar 16
+  CHECK(gemma.sliding_window == 8);
+  CHECK(gemma.layer_uses_window(0));
+  CHECK_FALSE(gemma.layer_uses_window(1));
+  CHECK(gemma.scale_embeddings);
+  CHECK(gemma.post_norms);
+}
+
+TEST_CASE("a saved decoder loads back with identical logits, for every architecture and unusual sizes") {
+  std::vector<DecoderConfig> configs = {
+      DecoderConfig::gpt2(23, 12, 2, 3, 20),
+      DecoderConfig::llama(23, 12, 2, 3, 1, 20),              // kv_heads = 1, untied
+      DecoderConfig::qwen2(23, 12, 1, 2, 2, 20),              // qkv biases
+      DecoderConfig::gemma2(23, 12, 3, 2, 1, 10, 20, 2),      // head_dim 10 ≠ 12/2, three layers
+  };
+  configs[1].tie_embeddings = true;  // a tied Llama is legal too
+  auto untied_gpt2 = DecoderConfig::gpt2(23, 12, 1, 2, 20);
+  untied_gpt2.tie_embeddings = false;
+  configs.push_back(untied_gpt2);
+  const std::vector<index_t> ids = {1, 5, 22, 0, 7, 7, 3};
+  for (auto& config : configs) {
+    CAPTURE(config.architecture);
+    ScratchDir dir(config.architecture);
+    dca::Decoder<double> original(config, 42);
+    dca::save_hf_decoder(original, dir.path);
+    CHECK(std::filesystem::exists(dir.path / "config.json"));
+    auto loaded = dca::load_hf_decoder<double>(dir.path);
+    CHECK(loaded.parameter_count() == original.parameter_count());
+    // Weights are stored as float32: the round trip is exact for weights that are floats.
+    dca::Decoder<double> rounded = original;
+    for (auto* p : rounded.parameters())
+      for (index_t i = 0; i < p->numel(); ++i) p->value()[i] = static_cast<float>(p->value()[i]);
+    CHECK(logits_of(loaded, ids) == logits_of(rounded, ids));
+  }
+}
+
+TEST_CASE("a missing, misshapen or unexpected tensor is named, and nothing is loaded") {
+  ScratchDir dir("bad-weights");
+  const auto config = DecoderConfig::llama(11, 8, 1, 2, 2, 12);
+  dca::Decoder<float> source(config, 1);
+  dca::save_hf_decoder(source, dir.path);
+  dca::Decoder<float> target(config, 2);
+  const float before = target.parameter("model.norm.weight").value()[0] = 3.0f;
+
+  auto write_without = [&](const std::string& skip, const std::string& reshape, const std::string& extra) {
+    dca::SafeTensorsWriter w;
+    for (auto* p : source.parameters()) {
+      if (p->name() == skip) continue;
+      if (p->name() == reshape) {
+        dca::Tensor<float> t(dca::Shape{p->numel()});
+        w.add(p->name(), std::as_const(t).view());
+      } else {
+        w.add(p->name(), std::as_const(p->value()).view());
+      }
+    }
+    const dca::Tensor<float> two(dca::Shape{2});
+    if (!extra.empty()) w.add(extra, two.view());
+    w.write(dir.path / "model.safetensors");
+    return dca::SafeTensors::read(dir.path / "model.safetensors");
+  };
+  CHECK_THROWS_WITH_AS(dca::load_hf_weights(target, write_without("model.layers.0.mlp.up_proj.weight", "", ""), "m"),
+                       doctest::Contains("m: tensor 'model.layers.0.mlp.up_proj.weight' [12,8] is missing"),
+                       dca::FormatError);
+  CHECK_THROWS_WITH_AS(dca::load_hf_weights(target, write_without("", "model.layers.0.self_attn.q_proj.weight", ""), "m"),
+                       doctest::Contains("'model.layers.0.self_attn.q_proj.weight' is [64] but the model expects [8,8]"),
+                       dca::FormatError);
+  CHECK_THROWS_WITH_AS(dca::load_hf_weights(target, write_without("", "", "model.layers.7.extra"), "m"),
+                       doctest::Contains("unexpected tensor 'model.layers.7.extra'"), dca::FormatError);
+  CHECK(target.parameter("model.norm.weight").value()[0] == before);  // untouched by the failed loads
+}
+
+TEST_CASE("config.json problems name the file and the field") {
+  ScratchDir dir("bad-config");
+  const auto path = dir.path / "config.json";
+  nlohmann::json j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  j.erase("hidden_size");
+  write_json(path, j);
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("required field 'hidden_size' is missing"),
+                       dca::FormatError);
+  j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  j["num_attention_heads"] = "four";
+  write_json(path, j);
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("field 'num_attention_heads' has the wrong type"),
+                       dca::FormatError);
+  j["num_attention_heads"] = 3;
+  write_json(path, j);
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("inconsistent configuration"), dca::FormatError);
+  j["model_type"] = "mamba";
+  write_json(path, j);
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("model_type 'mamba' is not supported"),
+                       dca::FormatError);
+  std::ofstream(path) << "{ not json";
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("not valid JSON"), dca::FormatError);
+  CHECK_THROWS_AS(dca::read_hf_config(dir.path / "missing.json"), dca::IoError);
+  j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}};
+  write_json(path, j);
+  CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("rope type 'yarn' is not supported"),
+                       dca::FormatError);
+}
