@@ -1,6 +1,7 @@
 // Autodiff benchmarks: tape overhead on a GEMM, per-node overhead, fused attention throughput.
 //   ./build/benchmarks/bench_autodiff --benchmark_counters_tabular=true
 // Every benchmark takes the thread count as its last argument (1 and 2 are registered).
+// docs/performance.md reports these numbers.
 #include <dca/dca.hpp>
 
 #include <benchmark/benchmark.h>
@@ -74,17 +75,21 @@ void BM_TapePerNodeOverhead(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
-// Causal self-attention forward + backward of q, k, v: [T, d] with H heads of d/H.
-// FLOPs counted for full T×T score matrices: forward 4·T²·D·H (QKᵀ, PV), backward 8·T²·D·H.
+// Self-attention forward + backward of q, k, v: [T, d] with H heads of d/H, causal (rule 1) or
+// bidirectional (rule 0). FLOPs counted for full T×T score matrices in both cases: forward 4·T²·D·H
+// (QKᵀ, PV), backward 8·T²·D·H; the causal kernel skips the hidden blocks above the diagonal (10/16
+// of the square at T = 128), so its figure is the full-square equivalent rate.
 void BM_AttentionForwardBackward(benchmark::State& state) {
   const index_t t = state.range(0), d = state.range(1), heads = state.range(2);
-  dca::set_num_threads(static_cast<int>(state.range(3)));
+  const bool causal = state.range(3) != 0;
+  dca::set_num_threads(static_cast<int>(state.range(4)));
   dca::Parameter<float> q("q", random_tensor(Shape{t, d}, 1)), k("k", random_tensor(Shape{t, d}, 2)),
       v("v", random_tensor(Shape{t, d}, 3));
   const auto dy = random_tensor(Shape{t, d}, 4);
   dca::AttentionArgs<float> args;
   args.n_heads = heads;
   args.n_kv_heads = heads;
+  args.rule = causal ? dca::AttentionRule::causal : dca::AttentionRule::bidirectional;
   dca::Tape<float> tape;
   for (auto _ : state) {
     tape.reset();
@@ -100,6 +105,12 @@ void BM_AttentionForwardBackward(benchmark::State& state) {
 BENCHMARK(BM_EigenMatmulForwardBackward)->Args({256, 128, 512, 1})->Args({256, 128, 512, 2})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_TapeMatmulForwardBackward)->Args({256, 128, 512, 1})->Args({256, 128, 512, 2})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_TapePerNodeOverhead)->Arg(1000);
-BENCHMARK(BM_AttentionForwardBackward)->Args({128, 256, 4, 1})->Args({128, 256, 4, 2})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionForwardBackward)
+    ->ArgNames({"T", "d", "H", "causal", "threads"})
+    ->Args({128, 256, 4, 1, 1})
+    ->Args({128, 256, 4, 1, 2})
+    ->Args({128, 256, 4, 0, 1})
+    ->Args({128, 256, 4, 0, 2})
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

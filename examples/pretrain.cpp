@@ -9,6 +9,7 @@
 //   ./build/examples/pretrain                      # the default run (~10 minutes on 2 cores)
 //   ./build/examples/pretrain --steps 200 --eval-every 50   # a quick look
 //   ./build/examples/pretrain --help               # every hyper-parameter
+#include <dca/cache/generate.hpp>
 #include <dca/dca.hpp>
 #include <dca/train/tokenizer.hpp>
 #include <dca/train/trainer.hpp>
@@ -49,29 +50,35 @@ void draw_progress(index_t step, index_t total, double loss, double tokens_per_s
   std::fflush(stdout);
 }
 
-// Continues `prompt` by sampling bytes at `temperature`, re-reading at most `context` bytes.
-std::string generate(dca::Decoder<float>& model, const std::string& prompt, index_t length, index_t context,
-                     double temperature, std::uint64_t seed) {
-  dca::ByteTokenizer tokenizer;
-  std::vector<index_t> ids = tokenizer.encode(prompt);
-  dca::Rng rng(seed);
+// Continues `prompt` by `length` bytes with cached decoding, printing each byte as it comes. The model
+// was trained on windows of `context` bytes, so the cache holds at most that many: when it is full,
+// generation restarts from the last context/2 bytes (one prefill) and continues.
+void print_sample(dca::Decoder<float>& model, const std::string& prompt, index_t length, index_t context,
+                  dca::GenerationConfig config) {
+  const dca::ByteTokenizer tokenizer;
+  std::vector<index_t> text = tokenizer.encode(prompt);
+  dca::KVCache<float> cache(model.config(), context);
   dca::Tape<float> tape;
-  for (index_t i = 0; i < length; ++i) {
-    tape.reset();
-    dca::NoGradGuard<float> no_grad(tape);
-    const auto window = std::span<const index_t>(ids).last(std::min<std::size_t>(ids.size(), static_cast<std::size_t>(context)));
-    const auto logits = model.logits(tape, window);
-    const auto last = logits.matrix().row(logits.rows() - 1);
-    std::vector<double> weights(static_cast<std::size_t>(last.size()));
-    const double max = static_cast<double>(last.maxCoeff());
-    double total = 0;
-    for (index_t v = 0; v < last.size(); ++v) total += weights[static_cast<std::size_t>(v)] = std::exp((last(v) - max) / temperature);
-    double u = rng.uniform() * total;
-    index_t next = 0;
-    while (next + 1 < last.size() && (u -= weights[static_cast<std::size_t>(next)]) > 0) ++next;
-    ids.push_back(next);
+  std::fputs(prompt.c_str(), stdout);
+  const std::uint64_t seed = config.seed;
+  index_t produced = 0;
+  for (std::uint64_t restart = 0; produced < length; ++restart) {
+    const index_t window = restart == 0 ? context : std::max<index_t>(context / 2, 1);
+    const auto keep = static_cast<std::size_t>(std::min<index_t>(static_cast<index_t>(text.size()), window));
+    cache.reset();
+    config.max_tokens = length - produced;
+    config.seed = seed + restart;
+    const auto result = dca::generate(tape, model, cache, std::span<const index_t>(text).last(keep), config,
+                                      [](index_t token) {
+                                        std::putchar(static_cast<unsigned char>(token));
+                                        std::fflush(stdout);
+                                        return true;
+                                      });
+    text.insert(text.end(), result.tokens.begin(), result.tokens.end());
+    produced += static_cast<index_t>(result.tokens.size());
+    if (result.reason != dca::StopReason::cache_full) break;
   }
-  return tokenizer.decode(ids);
+  std::putchar('\n');
 }
 
 }  // namespace
@@ -84,7 +91,9 @@ int main(int argc, char** argv) {
   run.total_steps = 3200;
   int threads = 2;
   index_t eval_every = 400, eval_batches = 40, checkpoint_every = 500, sample_bytes = 300;
-  double fortunes_weight = 1.0, dictionary_weight = 1.0, temperature = 0.8, time_limit_minutes = 0;
+  double fortunes_weight = 1.0, dictionary_weight = 1.0, time_limit_minutes = 0;
+  dca::GenerationConfig sampling;
+  sampling.temperature = 0.8;
   std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
   std::vector<std::string> extra_text;
   std::string out_dir = "runs/pretrain", prompt = "The meaning of ";
@@ -117,12 +126,18 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", resume, "continue from <out>/checkpoint.safetensors");
   app.add_option("--time-limit", time_limit_minutes, "stop after this many minutes (0: none)")->capture_default_str();
   app.add_option("--sample-bytes", sample_bytes, "bytes to generate at the end")->capture_default_str();
-  app.add_option("--temperature", temperature, "sampling temperature")->capture_default_str();
+  app.add_option("--temperature", sampling.temperature, "sampling temperature (0: greedy)")->capture_default_str();
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely bytes (0: off)")->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "nucleus sampling: the most likely bytes with this mass (1: off)")
+      ->capture_default_str();
   app.add_option("--prompt", prompt, "prompt of the generated sample")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (app.count("--warmup") == 0) run.warmup_steps = std::min(run.warmup_steps, run.total_steps / 10);
 
   try {
+    sampling.seed = run.seed;
+    sampling.validate();  // before training, not after it
+    if (prompt.empty()) throw dca::UsageError("--prompt must not be empty: the sample continues it");
     dca::set_num_threads(threads);
     dca::CorpusMixture corpus;
     if (!fortunes_dir.empty())
@@ -195,8 +210,9 @@ int main(int argc, char** argv) {
     dca::save_hf_decoder(model, hf_dir);
     std::printf("saved the model to %s (Hugging Face layout) and checkpoints to %s\n\n", hf_dir.c_str(),
                 checkpoint.c_str());
-    std::printf("sample (temperature %.2f):\n%s\n", temperature,
-                generate(model, prompt, sample_bytes, run.seq_len, temperature, run.seed).c_str());
+    std::printf("sample (temperature %.2f, top-k %ld, top-p %.2f):\n", sampling.temperature,
+                static_cast<long>(sampling.top_k), sampling.top_p);
+    print_sample(model, prompt, sample_bytes, run.seq_len, sampling);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\npretrain: %s\n", e.what());
     return 1;

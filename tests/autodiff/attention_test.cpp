@@ -588,6 +588,69 @@ TEST_CASE("attention on two threads gives the same bits as on one") {
   dca::set_num_threads(previous_threads);
 }
 
+// Causal configurations long enough to span several of the kernel's 32-row query blocks, with a
+// partial last block, so that skipping the hidden blocks above the diagonal is exercised.
+std::vector<Case> multi_block_cases() {
+  std::vector<Case> cases;
+  cases.push_back({.name = "causal self-attention over 70 rows", .n_q = 70, .n_k = 70, .heads = 2, .kv_heads = 2,
+                   .head_dim = 2});
+  cases.push_back({.name = "causal continuation (40 queries, 75 keys) with a cache, GQA and a softcap",
+                   .n_q = 40,
+                   .n_k = 75,
+                   .n_cache = 5,
+                   .heads = 4,
+                   .kv_heads = 2,
+                   .head_dim = 2,
+                   .softcap = 1.5});
+  cases.push_back({.name = "causal sliding window over 67 rows", .n_q = 67, .n_k = 67, .heads = 1, .kv_heads = 1,
+                   .head_dim = 3, .window = 20});
+  cases.push_back({.name = "two causal groups of 40 rows over prefixes of a cache",
+                   .n_q = 80,
+                   .n_k = 80,
+                   .n_cache = 6,
+                   .heads = 2,
+                   .kv_heads = 1,
+                   .head_dim = 2,
+                   .groups = {AttentionGroup{40, 40, 40, 40, 0, 6}, AttentionGroup{0, 40, 0, 40, 0, 3}}});
+  return cases;
+}
+
+TEST_CASE("causal attention over several query blocks matches the reference and finite differences") {
+  for (const Case& c : multi_block_cases()) {
+    INFO(c.name);
+    const Inputs in = make_inputs(c, 101);
+    const auto args = args_for<double>(c, in.cache_k, in.cache_v);
+    Tape<double> tape;
+    Var<double> y =
+        dca::attention(tape.variable(in.q.view()), tape.variable(in.k.view()), tape.variable(in.v.view()), args);
+    CHECK(max_abs_difference(y.value(), reference_attention(c, in)) < 1e-12);
+    CHECK(
+        dca::check_gradients([&](auto q, auto k, auto v) { return dca::attention(q, k, v, args); }, in.q, in.k, in.v));
+    const auto in_double = run_case<double>(c, in, 103);
+    const auto in_float = run_case<float>(c, in, 103);
+    CHECK(dca::test::max_relative_difference(in_float.out.span(), in_double.out.span()) < 1e-5);
+    CHECK(dca::test::max_relative_difference(in_float.dq.span(), in_double.dq.span()) < 1e-5);
+    CHECK(dca::test::max_relative_difference(in_float.dk.span(), in_double.dk.span()) < 1e-5);
+    CHECK(dca::test::max_relative_difference(in_float.dv.span(), in_double.dv.span()) < 1e-5);
+  }
+}
+
+TEST_CASE("causal self-attention skips the hidden blocks: its backward runs far fewer GEMM FLOPs than the square") {
+  const Case causal{.name = "causal", .n_q = 128, .n_k = 128, .heads = 2, .kv_heads = 2, .head_dim = 4};
+  Case bidirectional = causal;
+  bidirectional.rule = AttentionRule::bidirectional;
+  const Inputs in = make_inputs(causal, 107);
+  const auto seed = dca::test::random_tensor(Shape{128, 8}, 109);
+  const auto backward_flops = [&](const Case& c) {
+    Tape<double> tape;
+    Var<double> q = tape.variable(in.q.view()), k = tape.variable(in.k.view()), v = tape.variable(in.v.view());
+    tape.backward(dca::attention(q, k, v, args_for<double>(c, in.cache_k, in.cache_v)), seed.view());
+    return tape.stats().backward_gemm_flops;
+  };
+  // Four blocks of 32 rows see 32, 64, 96 and 128 keys: 10/16 of the square.
+  CHECK(backward_flops(causal) == doctest::Approx(backward_flops(bidirectional) * 10.0 / 16.0));
+}
+
 TEST_CASE("attention rejects inconsistent shapes, groups, masks, positions and caches with a clear message") {
   Tape<double> tape;
   const auto constant = [&](index_t rows, index_t cols) {

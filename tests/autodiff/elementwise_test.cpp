@@ -351,3 +351,31 @@ TEST_CASE("Var operators + - / are add, sub and div, and there is no Var * Var")
   }
   CHECK(std::string((-a).op()) == "neg");
 }
+
+TEST_CASE("same-shape binary ops over enough elements to be split across threads match a plain loop and give the "
+          "same bits on one and two threads") {
+  const int previous_threads = dca::num_threads();
+  const Shape shape{160, 256};  // 40960 elements: above the threshold for threads, a partial last chunk
+  const Tensor<double> seed = random_tensor(shape, 42);
+  for (BinaryOp op : binary_ops) {
+    INFO(name_of(op));
+    const Tensor<double> a0 = operand(op, false, shape, 40), b0 = operand(op, true, shape, 41);
+    const auto run = [&](int threads) {
+      dca::set_num_threads(threads);
+      Tape<double> tape;
+      const Var<double> a = tape.variable(a0.view()), b = tape.variable(b0.view());
+      const Var<double> y = apply(op, a, b);
+      tape.backward(y, seed.view());
+      return std::vector<Tensor<double>>{Tensor<double>(y.value()), Tensor<double>(a.grad()), Tensor<double>(b.grad())};
+    };
+    const auto one = run(1), two = run(2);
+    bool matches = true, same_bits = true;
+    for (index_t i = 0; i < a0.numel(); ++i) {
+      matches = matches && std::abs(one[0][i] - reference(op, a0[i], b0[i])) <= 1e-15 * std::abs(one[0][i]);
+      for (std::size_t k = 0; k < one.size(); ++k) same_bits = same_bits && one[k][i] == two[k][i];
+    }
+    CHECK(matches);
+    CHECK(same_bits);
+  }
+  dca::set_num_threads(previous_threads);
+}

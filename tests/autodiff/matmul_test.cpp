@@ -1,6 +1,7 @@
 // Specification of the matrix products and the fused linear layer.
 #include "dca/autodiff/gradcheck.hpp"
 #include "dca/autodiff/ops/matmul.hpp"
+#include "dca/autodiff/ops/shape.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
@@ -83,4 +84,103 @@ TEST_CASE("matmul rejects mismatched inner dimensions and names both shapes") {
   CHECK_THROWS_WITH_AS(dca::matmul_nt(a, b), doctest::Contains("b is [4,5] (transposed)"), dca::ShapeError);
   CHECK_THROWS_WITH_AS(dca::linear(a, b, tape.constant(random_tensor(Shape{1, 4}, 3))),
                        doctest::Contains("linear: input x is [2,3] but weight is [4,5]"), dca::ShapeError);
+}
+
+TEST_CASE("matmul with a bias equals x·w + b for an [in,out] weight and its three gradients match finite differences") {
+  for (index_t n : {1, 5}) {
+    const auto x = random_tensor(Shape{n, 3}, 20 + n), w = random_tensor(Shape{3, 4}, 30 + n);
+    const auto b = random_tensor(Shape{1, 4}, 40 + n);
+    dca::Tape<double> tape;
+    const auto y = dca::matmul(tape.constant(x), tape.constant(w), tape.constant(b));
+    auto ref = reference_product(x, w, false, false);
+    for (index_t i = 0; i < n; ++i)
+      for (index_t j = 0; j < 4; ++j) ref(i, j) += b[j];
+    CHECK(dca::test::max_relative_difference(y.value().span(), ref.span()) < 1e-14);
+    CHECK(dca::check_gradients([](auto x, auto w, auto b) { return dca::matmul(x, w, b); }, x, w, b));
+  }
+}
+
+TEST_CASE("float matmul with a bias agrees with double") {
+  const auto x = random_tensor(Shape{6, 7}, 7), w = random_tensor(Shape{7, 3}, 8), b = random_tensor(Shape{1, 3}, 9);
+  dca::Tape<double> td;
+  dca::Tape<float> tf;
+  const auto yd = dca::matmul(td.constant(x), td.constant(w), td.constant(b));
+  const auto yf = dca::matmul(tf.constant(random_tensor<float>(Shape{6, 7}, 7)),
+                              tf.constant(random_tensor<float>(Shape{7, 3}, 8)),
+                              tf.constant(random_tensor<float>(Shape{1, 3}, 9)));
+  CHECK(dca::test::max_relative_difference(yf.value().span(), yd.value().span()) < 1e-5);
+}
+
+TEST_CASE("matmul with a bias rejects a weight or bias that does not fit and names the shapes") {
+  dca::Tape<double> tape;
+  const auto x = tape.constant(random_tensor(Shape{2, 3}, 1));
+  CHECK_THROWS_WITH_AS(dca::matmul(x, tape.constant(random_tensor(Shape{4, 5}, 2)),
+                                   tape.constant(random_tensor(Shape{1, 5}, 3))),
+                       doctest::Contains("matmul: input x is [2,3] but weight is [4,5]"), dca::ShapeError);
+  CHECK_THROWS_WITH_AS(dca::matmul(x, tape.constant(random_tensor(Shape{3, 5}, 4)),
+                                   tape.constant(random_tensor(Shape{1, 4}, 5))),
+                       doctest::Contains("matmul: bias is [1,4], expected [1,5] for weight [3,5]"), dca::ShapeError);
+}
+
+TEST_CASE("matmul_cols equals columns [begin, begin+count) of x·w + b and its gradients match finite differences") {
+  for (index_t n : {1, 4}) {
+    const auto x = random_tensor(Shape{n, 3}, 50 + n), w = random_tensor(Shape{3, 9}, 60 + n);
+    const auto b = random_tensor(Shape{1, 9}, 70 + n);
+    const auto full = reference_product(x, w, false, false);
+    for (index_t begin : {0, 3, 6}) {
+      dca::Tape<double> tape;
+      const auto y = dca::matmul_cols(tape.constant(x), tape.constant(w), tape.constant(b), begin, 3);
+      const auto y_no_bias = dca::matmul_cols(tape.constant(x), tape.constant(w), begin, 3);
+      Tensor<double> ref(Shape{n, 3}), ref_no_bias(Shape{n, 3});
+      for (index_t i = 0; i < n; ++i)
+        for (index_t j = 0; j < 3; ++j) {
+          ref_no_bias(i, j) = full(i, begin + j);
+          ref(i, j) = full(i, begin + j) + b[begin + j];
+        }
+      CHECK(dca::test::max_relative_difference(y.value().span(), ref.span()) < 1e-14);
+      CHECK(dca::test::max_relative_difference(y_no_bias.value().span(), ref_no_bias.span()) < 1e-14);
+      CHECK(dca::check_gradients([&](auto x, auto w, auto b) { return dca::matmul_cols(x, w, b, begin, 3); }, x, w, b));
+      CHECK(dca::check_gradients([&](auto x, auto w) { return dca::matmul_cols(x, w, begin, 3); }, x, w));
+    }
+  }
+}
+
+TEST_CASE("matmul_cols blocks used together give the gradients of the whole product") {
+  // q | k | v of one fused projection: the three blocks' weight and bias gradients tile the whole.
+  const auto x = random_tensor(Shape{4, 3}, 80), w = random_tensor(Shape{3, 6}, 81), b = random_tensor(Shape{1, 6}, 82);
+  const auto seed = random_tensor(Shape{4, 6}, 83);
+  dca::Tape<double> whole, blocks;
+  Var<double> xw = whole.variable(x), ww = whole.variable(w), bw = whole.variable(b);
+  whole.backward(dca::matmul(xw, ww, bw), seed);
+  Var<double> xb = blocks.variable(x), wb = blocks.variable(w), bb = blocks.variable(b);
+  const Var<double> left = dca::matmul_cols(xb, wb, bb, 0, 2), right = dca::matmul_cols(xb, wb, bb, 2, 4);
+  blocks.backward(dca::concat_cols({left, right}), seed);
+  CHECK(dca::test::max_relative_difference(xb.grad().span(), xw.grad().span()) < 1e-14);
+  CHECK(dca::test::max_relative_difference(wb.grad().span(), ww.grad().span()) < 1e-14);
+  CHECK(dca::test::max_relative_difference(bb.grad().span(), bw.grad().span()) < 1e-14);
+}
+
+TEST_CASE("float matmul_cols agrees with double") {
+  dca::Tape<double> td;
+  dca::Tape<float> tf;
+  const auto yd = dca::matmul_cols(td.constant(random_tensor(Shape{6, 7}, 84)), td.constant(random_tensor(Shape{7, 9}, 85)),
+                                   td.constant(random_tensor(Shape{1, 9}, 86)), 3, 4);
+  const auto yf = dca::matmul_cols(tf.constant(random_tensor<float>(Shape{6, 7}, 84)),
+                                   tf.constant(random_tensor<float>(Shape{7, 9}, 85)),
+                                   tf.constant(random_tensor<float>(Shape{1, 9}, 86)), 3, 4);
+  CHECK(dca::test::max_relative_difference(yf.value().span(), yd.value().span()) < 1e-5);
+}
+
+TEST_CASE("matmul_cols rejects a weight, bias or column range that does not fit and names the shapes") {
+  dca::Tape<double> tape;
+  const auto x = tape.constant(random_tensor(Shape{2, 3}, 1)), w = tape.constant(random_tensor(Shape{3, 6}, 2));
+  CHECK_THROWS_WITH_AS(dca::matmul_cols(x, tape.constant(random_tensor(Shape{4, 6}, 3)), 0, 2),
+                       doctest::Contains("matmul_cols: input x is [2,3] but weight is [4,6]"), dca::ShapeError);
+  CHECK_THROWS_WITH_AS(dca::matmul_cols(x, w, 4, 3),
+                       doctest::Contains("matmul_cols: columns [4,7) (begin 4, count 3) are outside weight [3,6]"),
+                       dca::ShapeError);
+  CHECK_THROWS_WITH_AS(dca::matmul_cols(x, w, -1, 2), doctest::Contains("matmul_cols: columns [-1,1)"), dca::ShapeError);
+  CHECK_THROWS_WITH_AS(dca::matmul_cols(x, w, tape.constant(random_tensor(Shape{1, 5}, 4)), 0, 2),
+                       doctest::Contains("matmul_cols: bias is [1,5], expected [1,6] for weight [3,6]"),
+                       dca::ShapeError);
 }

@@ -256,3 +256,31 @@ TEST_CASE("embedding in float gathers the same values as in double") {
     for (index_t c = 0; c < 4; ++c)
       CHECK(y.value()(i, c) == static_cast<float>(table(ids[static_cast<std::size_t>(i)], c)));
 }
+
+TEST_CASE("layer_norm over enough rows to be split across threads matches the reference and finite differences "
+          "and gives the same bits on one and two threads") {
+  const int previous_threads = dca::num_threads();
+  // 150 rows of 256: several 32-row blocks of the weight and bias gradients, the last one partial.
+  const Tensor<double> x = random_tensor(Shape{150, 256}, 30);
+  const Tensor<double> w = random_tensor(Shape{1, 256}, 31);
+  const Tensor<double> b = random_tensor(Shape{1, 256}, 32);
+  const Tensor<double> seed = random_tensor(Shape{150, 256}, 33);
+  const auto run = [&](int threads) {
+    dca::set_num_threads(threads);
+    dca::Tape<double> tape;
+    auto xv = tape.variable(x);
+    auto wv = tape.variable(w);
+    auto bv = tape.variable(b);
+    auto y = dca::layer_norm(xv, wv, bv, 1e-5);
+    tape.backward(y, seed);
+    return std::vector<Tensor<double>>{Tensor<double>(y.value()), Tensor<double>(xv.grad()), Tensor<double>(wv.grad()),
+                                       Tensor<double>(bv.grad())};
+  };
+  const auto one = run(1), two = run(2);
+  CHECK(max_abs_difference(one[0].view(), reference_layer_norm(x, w, b, 1e-5)) < 1e-12);
+  for (std::size_t i = 0; i < one.size(); ++i) CHECK(max_abs_difference(one[i].view(), two[i]) == 0);
+  dca::GradCheckOptions sampled;
+  sampled.max_elements_per_input = 24;
+  CHECK(dca::check_gradients(sampled, [](auto x, auto w, auto b) { return dca::layer_norm(x, w, b, 1e-5); }, x, w, b));
+  dca::set_num_threads(previous_threads);
+}

@@ -526,3 +526,33 @@ TEST_CASE("float and double agree on the values and gradients of softmax and log
     CHECK(dca::test::max_relative_difference(xf.grad().span(), xd.grad().span()) < 1e-5);
   }
 }
+
+TEST_CASE("activations over enough elements to be split across threads match the reference and give the same bits "
+          "on one and two threads") {
+  const int previous_threads = dca::num_threads();
+  const Shape shape{160, 256};  // 40960 elements: several chunks, and above the threshold for threads
+  const Tensor<double> seed = random_tensor(shape, 21);
+  for (Activation f : activations) {
+    INFO(name_of(f));
+    const Tensor<double> x0 = activation_input(f, shape, 20);
+    const auto run = [&](int threads) {
+      dca::set_num_threads(threads);
+      Tape<double> tape;
+      const Var<double> x = tape.variable(x0.view());
+      const Var<double> y = apply(f, x);
+      tape.backward(y, seed.view());
+      return std::pair{Tensor<double>(y.value()), Tensor<double>(x.grad())};
+    };
+    const auto one = run(1), two = run(2);
+    bool same_bits = true;
+    for (index_t i = 0; i < x0.numel(); ++i) {
+      same_bits = same_bits && one.first[i] == two.first[i] && one.second[i] == two.second[i];
+      if (i % 97 == 0) CHECK(one.first[i] == doctest::Approx(reference(f, x0[i])).epsilon(1e-13));
+    }
+    CHECK(same_bits);
+    dca::GradCheckOptions sampled;
+    sampled.max_elements_per_input = 16;
+    CHECK(dca::check_gradients(sampled, [f](auto x) { return apply(f, x); }, x0));
+  }
+  dca::set_num_threads(previous_threads);
+}

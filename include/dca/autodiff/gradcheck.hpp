@@ -66,6 +66,22 @@ double projected_output(F& f, std::vector<Tensor<double>>& inputs, const Tensor<
   return (y.matrix().array() * direction.matrix().array()).sum();
 }
 
+// Scores one element's analytic against its numeric derivative and keeps the worst in `result`.
+inline void record_comparison(GradCheckResult& result, const GradCheckOptions& options, int input, index_t element,
+                              index_t cols, double analytic, double numeric) {
+  const double error = std::abs(analytic - numeric) / std::max({std::abs(analytic), std::abs(numeric), options.abs_floor});
+  ++result.elements_checked;
+  const bool worse = result.worst_input < 0 || error > result.worst_error ||
+                     (std::isnan(error) && !std::isnan(result.worst_error));  // NaN is the worst
+  if (!worse) return;
+  result.worst_error = error;
+  result.worst_input = input;
+  result.worst_row = element / std::max<index_t>(cols, 1);
+  result.worst_col = element % std::max<index_t>(cols, 1);
+  result.analytic = analytic;
+  result.numeric = numeric;
+}
+
 inline Tensor<double> as_matrix_input(const Tensor<double>& t, std::size_t index) {
   if (t.rank() > 2)
     fail<ShapeError>("check_gradients: input ", index, " has rank ", t.rank(), " ", t.shape(),
@@ -121,20 +137,56 @@ GradCheckResult check_gradients(const GradCheckOptions& options, F&& f, const In
       x[e] = saved - h;
       const double minus = detail::projected_output<F, N>(f, inputs, direction);
       x[e] = saved;
-      const double numeric = (plus - minus) / (2 * h);
-      const double a = analytic[input][e];
-      const double error = std::abs(a - numeric) / std::max({std::abs(a), std::abs(numeric), options.abs_floor});
-      ++result.elements_checked;
-      const bool worse = result.worst_input < 0 || error > result.worst_error ||
-                         (std::isnan(error) && !std::isnan(result.worst_error));  // NaN is the worst
-      if (worse) {
-        result.worst_error = error;
-        result.worst_input = static_cast<int>(input);
-        result.worst_row = e / x.cols();
-        result.worst_col = e % x.cols();
-        result.analytic = a;
-        result.numeric = numeric;
-      }
+      detail::record_comparison(result, options, static_cast<int>(input), e, x.cols(), analytic[input][e],
+                                (plus - minus) / (2 * h));
+    }
+  }
+  result.passed = result.worst_error <= options.tolerance;
+  return result;
+}
+
+/// Checks d loss / d parameter for parameters a computation reads through `tape.param` (whole
+/// models, where the values are not inputs of `f`). `loss(tape)` must return a [1,1] Var; it is
+/// evaluated once with gradients and twice per checked element with the parameter perturbed in
+/// place (and restored). The parameters' gradients are zeroed first and hold the analytic
+/// gradient afterwards. `worst_input` indexes `parameters`.
+template <class F>
+GradCheckResult check_parameter_gradients(const GradCheckOptions& options, F&& loss,
+                                          std::span<Parameter<double>* const> parameters) {
+  for (Parameter<double>* p : parameters) {
+    p->grad_buffer();
+    p->zero_grad();
+  }
+  {
+    Tape<double> tape;
+    tape.backward(loss(tape));
+  }
+  auto evaluate = [&] {
+    Tape<double> tape;
+    NoGradGuard<double> no_grad(tape);
+    return loss(tape).item();
+  };
+  GradCheckResult result;
+  std::mt19937_64 rng(options.seed);
+  const double cbrt_eps = std::cbrt(std::numeric_limits<double>::epsilon());
+  for (std::size_t index = 0; index < parameters.size(); ++index) {
+    Parameter<double>& p = *parameters[index];
+    std::vector<index_t> elements(static_cast<std::size_t>(p.numel()));
+    for (index_t e = 0; e < p.numel(); ++e) elements[static_cast<std::size_t>(e)] = e;
+    if (options.max_elements_per_input > 0 && p.numel() > options.max_elements_per_input) {
+      std::shuffle(elements.begin(), elements.end(), rng);
+      elements.resize(static_cast<std::size_t>(options.max_elements_per_input));
+    }
+    for (index_t e : elements) {
+      double& x = p.value()[e];
+      const double saved = x, h = cbrt_eps * std::max(1.0, std::abs(saved));
+      x = saved + h;
+      const double plus = evaluate();
+      x = saved - h;
+      const double minus = evaluate();
+      x = saved;
+      detail::record_comparison(result, options, static_cast<int>(index), e, p.value().cols(), p.grad()[e],
+                                (plus - minus) / (2 * h));
     }
   }
   result.passed = result.worst_error <= options.tolerance;

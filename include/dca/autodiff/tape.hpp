@@ -89,6 +89,9 @@ class Var {
 
   /// True for a default-constructed Var that refers to no node.
   bool empty() const { return tape_ == nullptr; }
+  /// True if the Var refers to a node that is still on its tape (not released by a reset or a
+  /// closed TapeScope); every other accessor throws UsageError when this is false.
+  bool valid() const;
   index_t rows() const { return node().rows; }
   index_t cols() const { return node().cols; }
   Shape shape() const { return Shape{rows(), cols()}; }
@@ -412,6 +415,11 @@ class Tape {
   bool check_finite_ = false;
   bool swept_ = false;
 };
+
+template <Scalar T>
+bool Var<T>::valid() const {
+  return tape_ && index_ < tape_->nodes_.size() && tape_->nodes_[index_].serial == serial_;
+}
 
 template <Scalar T>
 const detail::Node<T>& Var<T>::node() const {

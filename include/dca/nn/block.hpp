@@ -75,6 +75,12 @@ class Block {
 
   SelfAttention<T>& attention() { return attention_; }
 
+  /// Adds LoRA adapters to the attention and MLP projections.
+  void add_lora(index_t rank, double alpha, Rng& rng) {
+    attention_.add_lora(rank, alpha, rng);
+    mlp_.add_lora(rank, alpha, rng);
+  }
+
  private:
   Norm<T> attn_norm_, post_attn_norm_, mlp_norm_, post_mlp_norm_;
   SelfAttention<T> attention_;

@@ -33,13 +33,22 @@ struct DecoderInput {
   std::span<const AttentionGroup> groups;   // explicit attention groups; empty: one causal group per sequence
   AttentionRule rule = AttentionRule::causal;
   std::span<const ConstantKV<T>> layer_caches;  // one constant key/value segment per layer, or empty
+  std::span<const Var<T>> active_keys;      // per layer, active keys [P, Hkv·D] placed before the rows' own
+  std::span<const Var<T>> active_values;    // (cache slots computed on this tape), or empty
+  std::span<const index_t> key_positions;   // [P + N] positions of those keys and the rows' own; empty: positions
   bool keep_keys_values = false;            // return every layer's keys/values (what a cache stores)
+  // Explicit attention masks [N, cache + N] (1 = visible) replacing groups and rule — `mask` for
+  // full-attention layers, `window_mask` for sliding-window layers (the window must be encoded in
+  // it). Used by dense reference computations; the structured paths use groups.
+  std::span<const std::uint8_t> mask, window_mask;
 };
 
-/// What a forward call returns: final hidden states (after the final norm), logits, and, if asked
-/// for, each layer's keys and values [N, Hkv·D] after rotary.
+/// What a forward call returns: the residual stream after the last block (`residual`), the final
+/// hidden states after the final norm (`hidden`), logits, and, if asked for, each layer's keys and
+/// values [N, Hkv·D] after rotary.
 template <Scalar T>
 struct DecoderOutput {
+  Var<T> residual;
   Var<T> hidden;
   Var<T> logits;
   std::vector<Var<T>> keys, values;
@@ -108,6 +117,14 @@ class Decoder {
   /// Freezes every parameter: the decoder becomes a constant that still passes gradients to its
   /// inputs (the frozen decoder of cache augmentation).
   void freeze() { set_frozen(true); }
+  /// Low-rank adaptation: freezes every weight, then adds trainable LoRA adapters of rank `rank`
+  /// (scale α/rank) to every attention and MLP projection. B starts at zero: the model is
+  /// unchanged until trained.
+  void add_lora(index_t rank, double alpha, std::uint64_t seed) {
+    freeze();
+    Rng rng(seed);
+    for (Block<T>& b : blocks_) b.add_lora(rank, alpha, rng);
+  }
   void unfreeze() { set_frozen(false); }
   void zero_grad() {
     for (Parameter<T>* p : parameters()) p->zero_grad();
@@ -136,7 +153,15 @@ class Decoder {
     context.rule = input.rule;
     DecoderOutput<T> out;
     for (index_t l = 0; l < config_.n_layers; ++l) {
-      if (!input.layer_caches.empty()) context.cache = input.layer_caches[static_cast<std::size_t>(l)];
+      const auto li = static_cast<std::size_t>(l);
+      if (!input.layer_caches.empty()) context.cache = input.layer_caches[li];
+      if (!input.active_keys.empty()) {
+        context.prefix_keys = input.active_keys[li];
+        context.prefix_values = input.active_values[li];
+      }
+      context.key_positions = input.key_positions;
+      context.mask = input.mask;
+      context.window_mask = input.window_mask;
       auto block = blocks_[static_cast<std::size_t>(l)](tape, x, context);
       x = block.x;
       if (input.keep_keys_values) {
@@ -144,6 +169,7 @@ class Decoder {
         out.values.push_back(block.values);
       }
     }
+    out.residual = x;
     out.hidden = final_norm_(tape, x);
     out.logits = linear(out.hidden, tape.param(has_head() ? head_ : embed_));
     if (config_.final_softcap > 0) out.logits = softcap(out.logits, static_cast<T>(config_.final_softcap));
@@ -166,6 +192,8 @@ class Decoder {
   }
 
   std::vector<Block<T>>& blocks() { return blocks_; }
+  /// The token embedding table [V, d] (also the output head when tied).
+  Parameter<T>& token_embedding() { return embed_; }
 
  private:
   bool has_position_embed() const { return !position_embed_.value().empty(); }
@@ -194,6 +222,11 @@ class Decoder {
     if (!input.layer_caches.empty() && static_cast<index_t>(input.layer_caches.size()) != config_.n_layers)
       detail::fail<ShapeError>("Decoder::forward: ", input.layer_caches.size(), " layer caches for ",
                                config_.n_layers, " layers");
+    if ((!input.active_keys.empty() || !input.active_values.empty()) &&
+        (static_cast<index_t>(input.active_keys.size()) != config_.n_layers ||
+         static_cast<index_t>(input.active_values.size()) != config_.n_layers))
+      detail::fail<ShapeError>("Decoder::forward: ", input.active_keys.size(), " active key and ",
+                               input.active_values.size(), " active value segments for ", config_.n_layers, " layers");
   }
 
   void check_positions(std::span<const index_t> positions) const {

@@ -6,6 +6,7 @@
 #include "dca/core/random.hpp"
 #include "dca/nn/config.hpp"
 
+#include <cmath>
 #include <string>
 
 namespace dca {
@@ -26,10 +27,32 @@ class Linear {
   Var<T> operator()(Tape<T>& tape, const Var<T>& x) {
     if (x.cols() != in_)
       detail::fail<ShapeError>(weight_.name(), ": input is ", x.shape(), ", expected [N,", in_, "]");
+    Var<T> y;
     if (layout_ == WeightLayout::out_in)
-      return has_bias() ? linear(x, tape.param(weight_), tape.param(bias_)) : linear(x, tape.param(weight_));
-    return has_bias() ? matmul(x, tape.param(weight_), tape.param(bias_)) : matmul(x, tape.param(weight_));
+      y = has_bias() ? linear(x, tape.param(weight_), tape.param(bias_)) : linear(x, tape.param(weight_));
+    else
+      y = has_bias() ? matmul(x, tape.param(weight_), tape.param(bias_)) : matmul(x, tape.param(weight_));
+    if (!has_lora()) return y;
+    // x·Aᵀ: [N, r], then ·Bᵀ: [N, out], scaled by α/r.
+    return add(y, scale(linear(linear(x, tape.param(lora_a_)), tape.param(lora_b_)), static_cast<T>(lora_scale_)));
   }
+
+  /// Adds a low-rank adapter (LoRA): y = x·Wᵀ + b + (α/r)·x·Aᵀ·Bᵀ with A [r, in] ~ U(−1/√in, 1/√in)
+  /// and B [out, r] = 0, so the layer starts unchanged; W and b are frozen. Parameter names follow
+  /// PEFT: "<name>.lora_A.weight", "<name>.lora_B.weight".
+  void add_lora(index_t rank, double alpha, Rng& rng) {
+    if (rank < 1) detail::fail<RangeError>(weight_.name(), ": LoRA rank must be ≥ 1, got ", rank);
+    const std::string prefix = weight_.name().substr(0, weight_.name().size() - std::string(".weight").size());
+    Tensor<T> a(Shape{rank, in_});
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_));
+    for (index_t i = 0; i < a.numel(); ++i) a[i] = static_cast<T>(bound * (2 * rng.uniform() - 1));
+    lora_a_ = Parameter<T>(prefix + ".lora_A.weight", std::move(a));
+    lora_b_ = Parameter<T>(prefix + ".lora_B.weight", Tensor<T>(Shape{out_, rank}));
+    lora_scale_ = alpha / static_cast<double>(rank);
+    weight_.freeze();
+    bias_.freeze();
+  }
+  bool has_lora() const { return !lora_a_.value().empty(); }
 
   /// Weights ~ N(0, std²), bias zero.
   void init(Rng& rng, double std) {
@@ -45,11 +68,17 @@ class Linear {
   void collect(std::vector<Parameter<T>*>& out) {
     out.push_back(&weight_);
     if (has_bias()) out.push_back(&bias_);
+    if (has_lora()) {
+      out.push_back(&lora_a_);
+      out.push_back(&lora_b_);
+    }
   }
 
  private:
   Parameter<T> weight_;
   Parameter<T> bias_;
+  Parameter<T> lora_a_, lora_b_;  // empty unless add_lora was called
+  double lora_scale_ = 0;
   WeightLayout layout_ = WeightLayout::out_in;
   index_t in_ = 0, out_ = 0;
 };

@@ -40,6 +40,13 @@ class Mlp {
     down_.init(rng, residual_std);
   }
 
+  /// Adds LoRA adapters to every projection (see Linear::add_lora).
+  void add_lora(index_t rank, double alpha, Rng& rng) {
+    if (gated_) gate_.add_lora(rank, alpha, rng);
+    up_.add_lora(rank, alpha, rng);
+    down_.add_lora(rank, alpha, rng);
+  }
+
   void collect(std::vector<Parameter<T>*>& out) {
     if (gated_) gate_.collect(out);
     up_.collect(out);

@@ -11,12 +11,12 @@
 #pragma once
 
 #include "dca/io/hf.hpp"
+#include "dca/train/checkpoint.hpp"
 #include "dca/train/corpus.hpp"
 #include "dca/train/optimizer.hpp"
 #include "dca/train/schedule.hpp"
 
 #include <filesystem>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -95,78 +95,33 @@ class Trainer {
   /// Writes model weights, optimizer state, step count and sampler state to one safetensors file,
   /// atomically: an interrupted save never leaves a damaged checkpoint under `path`.
   void save_checkpoint(const std::filesystem::path& path) const {
-    SafeTensorsWriter writer;
-    for (Parameter<T>* p : model_.parameters()) writer.add("model." + p->name(), std::as_const(p->value()).view());
-    for (const StateTensor<T>& s : optimizer_.state()) writer.add("optimizer." + s.name, s.value);
-    writer.set_metadata("format", "dca-checkpoint-1");
-    writer.set_metadata("config", hf_config_to_json(model_.config()).dump());
-    writer.set_metadata("step", std::to_string(step_count_));
-    writer.set_metadata("optimizer_steps", std::to_string(optimizer_.step_count()));
-    writer.set_metadata("sampler", sampler_.state());
-    writer.write(path);
+    write_checkpoint<T>(path, model_.parameters(), optimizer_,
+                        {{"config", hf_config_to_json(model_.config()).dump()},
+                         {"step", std::to_string(step_count_)},
+                         {"sampler", sampler_.state()}});
   }
 
   /// Restores a checkpoint written by `save_checkpoint` for the same architecture. Everything is
   /// checked before anything changes: a missing or misshapen tensor, or a checkpoint of another
   /// architecture, throws FormatError and leaves model, optimizer and trainer as they were.
   void load_checkpoint(const std::filesystem::path& path) {
-    const SafeTensors file = SafeTensors::read(path);
-    const std::string name = path.string();
-    const auto& meta = file.metadata();
-    for (const char* key : {"format", "config", "step", "optimizer_steps", "sampler"})
-      if (!meta.contains(key)) detail::fail<FormatError>(name, ": not a dca checkpoint (metadata '", key, "' is missing)");
-    if (meta.at("config") != hf_config_to_json(model_.config()).dump())
-      detail::fail<FormatError>(name, ": the checkpoint's model configuration ", meta.at("config"),
-                                " differs from this model's ", hf_config_to_json(model_.config()).dump());
-    std::vector<Tensor<T>> weights;
-    std::set<std::string> known;
-    for (Parameter<T>* p : model_.parameters()) {
-      const std::string key = "model." + p->name();
-      known.insert(key);
-      if (!file.contains(key)) detail::fail<FormatError>(name, ": tensor '", key, "' is missing");
-      weights.push_back(file.template tensor<T>(key));
-      if (!(weights.back().shape() == p->shape()))
-        detail::fail<FormatError>(name, ": tensor '", key, "' is ", weights.back().shape(), ", expected ", p->shape());
-    }
-    std::vector<Tensor<T>> state_values;
-    std::vector<std::string> state_names;
-    for (const std::string& key : file.names()) {
-      if (known.contains(key)) continue;
-      if (!key.starts_with("optimizer."))
-        detail::fail<FormatError>(name, ": unexpected tensor '", key, "'");
-      state_names.push_back(key.substr(std::string("optimizer.").size()));
-      state_values.push_back(file.template tensor<T>(key));
-    }
-    std::vector<StateTensor<T>> state;
-    for (std::size_t i = 0; i < state_values.size(); ++i) state.push_back({state_names[i], state_values[i].view()});
-    const index_t step = parse_count(name, "step", meta.at("step"));
-    const index_t optimizer_steps = parse_count(name, "optimizer_steps", meta.at("optimizer_steps"));
-    Rng probe(0);
-    probe.set_state(meta.at("sampler"));  // validates the text before anything changes
-    optimizer_.load_state(state, optimizer_steps);
-    std::size_t i = 0;
-    for (Parameter<T>* p : model_.parameters()) p->value() = std::move(weights[i++]);
-    sampler_.set_state(meta.at("sampler"));
-    step_count_ = step;
+    const std::string config = hf_config_to_json(model_.config()).dump();
+    const std::string required[] = {"config", "step", "sampler"};
+    const auto metadata = read_checkpoint<T>(path, model_.parameters(), optimizer_, required, [&](const auto& meta) {
+      if (meta.at("config") != config)
+        detail::fail<FormatError>(path.string(), ": the checkpoint's model configuration ", meta.at("config"),
+                                  " differs from this model's ", config);
+      checkpoint_count(path.string(), meta, "step");
+      Rng(0).set_state(meta.at("sampler"));  // validates the text before anything changes
+    });
+    sampler_.set_state(metadata.at("sampler"));
+    step_count_ = checkpoint_count(path.string(), metadata, "step");
   }
 
  private:
   static TrainerConfig validated(const TrainerConfig& config) {
     config.validate();
     return config;
-  }
-
-  static index_t parse_count(const std::string& file, const char* key, const std::string& text) {
-    std::size_t used = 0;
-    long long value = -1;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != text.size() || value < 0)
-      detail::fail<FormatError>(file, ": metadata '", key, "' = '", text, "' is not a step count");
-    return static_cast<index_t>(value);
   }
 
   Decoder<T>& model_;

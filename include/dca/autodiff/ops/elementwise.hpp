@@ -8,6 +8,7 @@
 // and scalar broadcasts share a strided loop.
 #pragma once
 
+#include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
 
 #include <cstdint>
@@ -45,6 +46,10 @@ struct DivKernel {
   static auto grad_b(const auto& dy, const auto&, const auto& b, const auto& y) { return -dy * y / b; }
 };
 
+// Elements per chunk when a same-shape op is split over threads (a multiple of every SIMD width, so
+// the split never changes which elements take a vector path).
+inline constexpr index_t elementwise_chunk = 4096;
+
 // How the operands of a binary op line up with its result.
 enum class BroadcastPath : std::uint8_t {
   same_shape,  // both operands are [R,C]
@@ -81,7 +86,9 @@ Var<T> broadcast_binary(const char* op, const Var<T>& a, const Var<T>& b) {
   const ConstMatrixMap<T> B = b.matrix();
   MatrixMap<T> Y = y.mutable_matrix();
   if (path == BroadcastPath::same_shape) {
-    Y.array() = Kernel::value(A.array(), B.array());
+    parallel_chunks(y.numel(), elementwise_chunk, y.numel(), [&](index_t begin, index_t end) {
+      flat_range(Y.data(), begin, end) = Kernel::value(flat_range(A.data(), begin, end), flat_range(B.data(), begin, end));
+    });
   } else if (path == BroadcastPath::rows) {
     for (index_t i = 0; i < rows; ++i)
       Y.row(i).array() = Kernel::value(A.row(a.rows() == 1 ? 0 : i).array(), B.row(b.rows() == 1 ? 0 : i).array());
@@ -98,9 +105,13 @@ Var<T> broadcast_binary(const char* op, const Var<T>& a, const Var<T>& b) {
 
   tape.record(y, [a = a.operand(), b = b.operand(), y = y.operand(), path] {
     if (path == BroadcastPath::same_shape) {
-      const auto dY = y.adj().array();
-      if (a.active()) a.adj().array() += Kernel::grad_a(dY, a.val().array(), b.val().array(), y.val().array());
-      if (b.active()) b.adj().array() += Kernel::grad_b(dY, a.val().array(), b.val().array(), y.val().array());
+      parallel_chunks(y.numel(), elementwise_chunk, y.numel(), [&](index_t begin, index_t end) {
+        const auto dY = flat_range(static_cast<const T*>(y.adjoint), begin, end);
+        const auto av = flat_range(a.value, begin, end), bv = flat_range(b.value, begin, end);
+        const auto yv = flat_range(y.value, begin, end);
+        if (a.active()) flat_range(a.adjoint, begin, end) += Kernel::grad_a(dY, av, bv, yv);
+        if (b.active()) flat_range(b.adjoint, begin, end) += Kernel::grad_b(dY, av, bv, yv);
+      });
     } else if (path == BroadcastPath::rows) {
       // A row operand's adjoint row accumulates the contributions of every result row.
       for (index_t i = 0; i < y.rows; ++i) {

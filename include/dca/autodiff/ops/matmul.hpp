@@ -7,6 +7,7 @@
 //      contribution; constant inputs are skipped, so a frozen weight costs no gradient GEMM.
 #pragma once
 
+#include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
 
 namespace dca {
@@ -15,6 +16,23 @@ namespace detail {
 
 inline void check_same_tape(const char* op, const auto& a, const auto& b) {
   if (&a.tape() != &b.tape()) fail<UsageError>(op, ": operands belong to different tapes");
+}
+
+// Y = every row set to `bias`, so that the GEMM that follows accumulates onto it (one pass over Y
+// instead of a GEMM pass and a separate bias pass).
+template <Scalar T>
+void fill_rows_with_bias(MatrixMap<T> Y, ConstMatrixMap<T> bias) {
+  parallel_rows(Y.rows(), Y.cols(), [&](index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) Y.row(i) = bias.row(0);
+  });
+}
+
+// d(bias) += column sums of dY, accumulated row by row so that every pass is contiguous.
+template <Scalar T>
+void add_bias_gradient(const Operand<T>& bias, const Operand<T>& y) {
+  auto db = bias.adj().row(0);
+  const auto dY = y.adj();
+  for (index_t i = 0; i < dY.rows(); ++i) db += dY.row(i);
 }
 
 // y = op(a) · op(b), where op transposes when the flag is set.
@@ -104,8 +122,8 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
   Tape<T>& tape = x.tape();
   Var<T> y = tape.make_result("linear", x.rows(), w.rows(), {x, w, bias});
   auto Y = y.mutable_matrix();
-  Y.noalias() = x.matrix() * w.matrix().transpose();
-  Y.rowwise() += bias.matrix().row(0);
+  detail::fill_rows_with_bias(Y, bias.matrix());
+  Y.noalias() += x.matrix() * w.matrix().transpose();
   tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
     auto dY = y.adj();
     if (x.active()) {
@@ -116,9 +134,99 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
       w.adj().noalias() += dY.transpose() * x.val();
       Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
     }
-    if (b.active()) b.adj().row(0) += dY.colwise().sum();
+    if (b.active()) detail::add_bias_gradient(b, y);
   });
   return y;
+}
+
+/// x:[N,in] w:[in,out] bias:[1,out] -> x·w + bias [N,out]  — a linear layer with the weight stored
+/// [in, out] (GPT-2's Conv1D), the bias added in the same pass as the product.
+template <Scalar T>
+Var<T> matmul(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
+  detail::check_same_tape("matmul", x, w);
+  detail::check_same_tape("matmul", x, bias);
+  if (x.cols() != w.rows())
+    detail::fail<ShapeError>("matmul: input x is ", x.shape(), " but weight is ", w.shape(), " (expected [",
+                             x.cols(), ",out])");
+  if (bias.rows() != 1 || bias.cols() != w.cols())
+    detail::fail<ShapeError>("matmul: bias is ", bias.shape(), ", expected [1,", w.cols(), "] for weight ", w.shape());
+  Tape<T>& tape = x.tape();
+  Var<T> y = tape.make_result("matmul", x.rows(), w.cols(), {x, w, bias});
+  auto Y = y.mutable_matrix();
+  detail::fill_rows_with_bias(Y, bias.matrix());
+  Y.noalias() += x.matrix() * w.matrix();
+  tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
+    auto dY = y.adj();
+    if (x.active()) {
+      x.adj().noalias() += dY * w.val().transpose();
+      Tape<T>::count_gemm(stats, x.rows, x.cols, w.cols);
+    }
+    if (w.active()) {
+      w.adj().noalias() += x.val().transpose() * dY;
+      Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
+    }
+    if (b.active()) detail::add_bias_gradient(b, y);
+  });
+  return y;
+}
+
+namespace detail {
+
+// y = x·w[:, begin:begin+count] (+ bias[begin:begin+count]), the weight and bias read in place.
+template <Scalar T>
+Var<T> matmul_column_block(const Var<T>& x, const Var<T>& w, const Var<T>* bias, index_t begin, index_t count) {
+  check_same_tape("matmul_cols", x, w);
+  if (bias) check_same_tape("matmul_cols", x, *bias);
+  if (x.cols() != w.rows())
+    fail<ShapeError>("matmul_cols: input x is ", x.shape(), " but weight is ", w.shape(), " (expected [", x.cols(),
+                     ",out])");
+  if (begin < 0 || count < 0 || begin > w.cols() - count)
+    fail<ShapeError>("matmul_cols: columns [", begin, ",", begin + count, ") (begin ", begin, ", count ", count,
+                     ") are outside weight ", w.shape());
+  if (bias && (bias->rows() != 1 || bias->cols() != w.cols()))
+    fail<ShapeError>("matmul_cols: bias is ", bias->shape(), ", expected [1,", w.cols(), "] for weight ", w.shape());
+  Tape<T>& tape = x.tape();
+  Var<T> y = bias ? tape.make_result("matmul_cols", x.rows(), count, {x, w, *bias})
+                  : tape.make_result("matmul_cols", x.rows(), count, {x, w});
+  auto Y = y.mutable_matrix();
+  const auto W = w.matrix().middleCols(begin, count);
+  if (bias) {
+    fill_rows_with_bias<T>(Y, ConstMatrixMap<T>(bias->value().data() + begin, 1, count));
+    Y.noalias() += x.matrix() * W;
+  } else {
+    Y.noalias() = x.matrix() * W;
+  }
+  const Operand<T> b = bias ? bias->operand() : Operand<T>{};
+  tape.record(y, [x = x.operand(), w = w.operand(), b, y = y.operand(), begin, stats = &tape.stats()] {
+    auto dY = y.adj();
+    if (x.active()) {
+      x.adj().noalias() += dY * w.val().middleCols(begin, y.cols).transpose();
+      Tape<T>::count_gemm(stats, x.rows, x.cols, y.cols);
+    }
+    if (w.active()) {
+      w.adj().middleCols(begin, y.cols).noalias() += x.val().transpose() * dY;
+      Tape<T>::count_gemm(stats, w.rows, y.cols, x.rows);
+    }
+    if (b.active()) add_bias_gradient(Operand<T>{nullptr, b.adjoint + begin, 1, y.cols}, y);
+  });
+  return y;
+}
+
+}  // namespace detail
+
+/// x:[N,in] w:[in,W] bias:[1,W] -> x·w[:, begin:begin+count] + bias[:, begin:begin+count] [N,count]
+/// Columns [begin, begin+count) of an [in, out]-weight linear layer, with the weight and bias read
+/// in place: GPT-2's fused query/key/value projection yields q, k and v directly, without the
+/// [N, 3d] product and three column slices.
+template <Scalar T>
+Var<T> matmul_cols(const Var<T>& x, const Var<T>& w, const Var<T>& bias, index_t begin, index_t count) {
+  return detail::matmul_column_block(x, w, &bias, begin, count);
+}
+
+/// x:[N,in] w:[in,W] -> x·w[:, begin:begin+count] [N,count]  (the same without a bias)
+template <Scalar T>
+Var<T> matmul_cols(const Var<T>& x, const Var<T>& w, index_t begin, index_t count) {
+  return detail::matmul_column_block(x, w, static_cast<const Var<T>*>(nullptr), begin, count);
 }
 
 }  // namespace dca

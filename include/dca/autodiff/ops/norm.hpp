@@ -3,8 +3,10 @@
 // per-row statistics the forward pass saved in the arena, so backward makes one pass per row.
 #pragma once
 
+#include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace dca {
@@ -22,6 +24,10 @@ void check_norm_operands(const char* op, const Var<T>& x, const Var<T>& w, doubl
     fail<ShapeError>(op, ": weight is ", w.shape(), ", expected [1,", x.cols(), "] for input x ", x.shape());
   if (!(eps >= 0) || !std::isfinite(eps)) fail<RangeError>(op, ": eps must be finite and >= 0, got ", eps);
 }
+
+// Rows per block of layer_norm's backward: each block sums its own part of the weight and bias
+// gradients (a block is also the unit the rows are split over threads by).
+inline constexpr index_t norm_block_rows = 32;
 
 }  // namespace detail
 
@@ -44,29 +50,59 @@ Var<T> layer_norm(const Var<T>& x, const Var<T>& w, const Var<T>& b, double eps)
   auto Y = y.mutable_matrix();
   auto W = w.matrix().row(0).array();
   auto B = b.matrix().row(0).array();
-  for (index_t r = 0; r < rows; ++r) {
-    auto xr = X.row(r).array();
-    mean[r] = xr.sum() / cols;
-    // Two passes (mean, then squared deviations) avoid the cancellation of E[x²] − E[x]².
-    const T variance = (xr - mean[r]).square().sum() / cols;
-    rstd[r] = T(1) / std::sqrt(variance + static_cast<T>(eps));
-    Y.row(r).array() = (xr - mean[r]) * rstd[r] * W + B;
-  }
-  tape.record(y, [x = x.operand(), w = w.operand(), b = b.operand(), y = y.operand(), mean, rstd, cols] {
+  detail::parallel_rows(rows, x.cols(), [&](index_t begin, index_t end) {
+    for (index_t r = begin; r < end; ++r) {
+      auto xr = X.row(r).array();
+      mean[r] = xr.sum() / cols;
+      // Two passes (mean, then squared deviations) avoid the cancellation of E[x²] − E[x]².
+      const T variance = (xr - mean[r]).square().sum() / cols;
+      rstd[r] = T(1) / std::sqrt(variance + static_cast<T>(eps));
+      Y.row(r).array() = (xr - mean[r]) * rstd[r] * W + B;
+    }
+  });
+  // Weight and bias gradients are sums over rows: each block of rows sums its own part, and the
+  // parts are added in block order, so the result does not depend on the thread count.
+  const index_t blocks = (rows + detail::norm_block_rows - 1) / detail::norm_block_rows;
+  T* partial = y.requires_grad() && (w.requires_grad() || b.requires_grad())
+                   ? tape.template allocate<T>(blocks * 2 * x.cols())
+                   : nullptr;
+  tape.record(y, [x = x.operand(), w = w.operand(), b = b.operand(), y = y.operand(), mean, rstd, cols, partial,
+                  blocks] {
     auto dY = y.adj();
     auto X = x.val();
     auto W = w.val().row(0).array();
-    for (index_t r = 0; r < y.rows; ++r) {
-      auto dyr = dY.row(r).array();
-      auto x_hat = (X.row(r).array() - mean[r]) * rstd[r];
-      if (x.active()) {  // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w
-        auto g = dyr * W;
-        const T g_mean = g.sum() / cols;
-        const T gx_mean = (g * x_hat).sum() / cols;
-        x.adj().row(r).array() += rstd[r] * (g - g_mean - x_hat * gx_mean);
+    const bool params = w.active() || b.active();
+    // Block k's parts of the weight and bias gradients: partial[2kC, 2kC + C) and [2kC + C, 2(k+1)C).
+    const auto part = [&](index_t block, index_t which) {
+      const index_t begin = (2 * block + which) * y.cols;
+      return detail::flat_range(partial, begin, begin + y.cols);
+    };
+    detail::parallel_chunks(y.rows, detail::norm_block_rows, y.numel(), [&](index_t begin, index_t end) {
+      for (index_t block = begin / detail::norm_block_rows; block * detail::norm_block_rows < end; ++block) {
+        if (params) {
+          part(block, 0).setZero();
+          part(block, 1).setZero();
+        }
+        const index_t block_end = std::min(end, (block + 1) * detail::norm_block_rows);
+        for (index_t r = block * detail::norm_block_rows; r < block_end; ++r) {
+          auto dyr = dY.row(r).array();
+          auto x_hat = (X.row(r).array() - mean[r]) * rstd[r];
+          if (x.active()) {  // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w
+            auto g = dyr * W;
+            const T g_mean = g.sum() / cols;
+            const T gx_mean = (g * x_hat).sum() / cols;
+            x.adj().row(r).array() += rstd[r] * (g - g_mean - x_hat * gx_mean);
+          }
+          if (params) {
+            part(block, 0) += (dyr * x_hat).transpose();
+            part(block, 1) += dyr.transpose();
+          }
+        }
       }
-      if (w.active()) w.adj().row(0).array() += dyr * x_hat;
-      if (b.active()) b.adj().row(0).array() += dyr;
+    });
+    for (index_t block = 0; params && block < blocks; ++block) {
+      if (w.active()) w.adj().row(0).array() += part(block, 0).transpose();
+      if (b.active()) b.adj().row(0).array() += part(block, 1).transpose();
     }
   });
   return y;

@@ -1,0 +1,35 @@
+// examples/progress.hpp — the progress line the examples redraw in place: step, bar, loss,
+// throughput, ETA.
+#pragma once
+
+#include <dca/core/config.hpp>
+
+#include <cstdio>
+#include <string>
+
+namespace examples {
+
+inline std::string format_duration(double seconds) {
+  const auto s = static_cast<long>(seconds + 0.5);
+  char buffer[32];
+  if (s >= 3600)
+    std::snprintf(buffer, sizeof buffer, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else
+    std::snprintf(buffer, sizeof buffer, "%ldm%02lds", s / 60, s % 60);
+  return buffer;
+}
+
+/// Redraws "step s/N [=====>    ] loss L | R unit/s | ETA" on the current line.
+inline void draw_progress(dca::index_t step, dca::index_t total, double loss, double rate, const char* unit,
+                          double eta_seconds) {
+  constexpr int width = 28;
+  const int filled = static_cast<int>(width * static_cast<double>(step) / static_cast<double>(total));
+  std::string bar(static_cast<std::size_t>(filled), '=');
+  if (filled < width) bar += '>';
+  bar.resize(width, ' ');
+  std::printf("\rstep %6ld/%ld [%s] loss %.3f | %6.0f %s/s | ETA %s   ", static_cast<long>(step),
+              static_cast<long>(total), bar.c_str(), loss, rate, unit, format_duration(eta_seconds).c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace examples

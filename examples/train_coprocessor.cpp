@@ -1,0 +1,156 @@
+// train_coprocessor — trains a coprocessor through a frozen, pretrained decoder on plain text and
+// reports the held-out loss of the n-th token after the latents, with and without augmentation.
+//
+//   ./build/examples/pretrain                                  # once: writes runs/pretrain/model
+//   ./build/examples/train_coprocessor                         # N_L = 16, N_A = 16, K = 16
+//   ./build/examples/train_coprocessor --latents 4 --steps 300 --lora-rank 8
+//   ./build/examples/train_coprocessor --help                  # every option
+#include <dca/coproc/trainer.hpp>
+#include <dca/dca.hpp>
+
+#include "progress.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+
+namespace {
+
+using dca::index_t;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string decoder_dir = "runs/pretrain/model";
+  std::string out_dir = "runs/coprocessor";
+  index_t latents = 16;
+  dca::CoprocessorConfig coprocessor;
+  dca::CoprocessorTrainerConfig run;
+  index_t eval_batches = 8, eval_points = 16;
+  std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
+  int threads = 2;
+};
+
+dca::CorpusMixture load_corpus(const Options& o) {
+  dca::CorpusMixture corpus;
+  if (!o.fortunes_dir.empty())
+    corpus.add(dca::TextSource::from_directory(o.fortunes_dir, dca::skip_suffixes({".dat", ".u8"})));
+  if (!o.dictionary.empty()) corpus.add(dca::TextSource::from_gzip(o.dictionary));
+  if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes or --dictionary");
+  return corpus;
+}
+
+void print_table(const dca::AheadEvaluation& before, const dca::AheadEvaluation& after) {
+  std::printf("\nheld-out loss of the n-th token after the insertion point (nats/byte, %ld points):\n",
+              static_cast<long>(after.points));
+  std::printf("%4s  %10s  %12s  %12s  %9s\n", "n", "frozen", "untrained", "augmented", "change");
+  for (std::size_t n = 0; n < after.augmented.size(); ++n)
+    std::printf("%4zu  %10.4f  %12.4f  %12.4f  %+8.2f%%\n", n + 1, after.baseline[n], before.augmented[n],
+                after.augmented[n], 100.0 * (after.augmented[n] / after.baseline[n] - 1));
+  std::printf("%4s  %10.4f  %12.4f  %12.4f  %+8.2f%%\n", "mean", after.mean_baseline(), before.mean_augmented(),
+              after.mean_augmented(), 100.0 * (after.mean_augmented() / after.mean_baseline() - 1));
+}
+
+template <index_t NumLatents>
+int run(const Options& o) {
+  dca::set_num_threads(o.threads);
+  const auto corpus = load_corpus(o);
+  auto decoder = dca::load_hf_decoder<float>(o.decoder_dir);
+  decoder.freeze();
+  dca::Coprocessor<float, NumLatents> coprocessor(decoder, o.coprocessor);
+  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
+  index_t trainable = 0;
+  for (auto* p : coprocessor.parameters()) trainable += p->numel();
+  std::printf("decoder %s (%ld parameters, frozen); coprocessor with N_L = %ld, N_A = %ld, K = %ld: %ld trainable "
+              "parameters\n",
+              o.decoder_dir.c_str(), static_cast<long>(decoder.parameter_count()), static_cast<long>(NumLatents),
+              static_cast<long>(o.coprocessor.n_ahead), static_cast<long>(o.run.points_per_sequence),
+              static_cast<long>(trainable));
+  const auto before = trainer.evaluate(o.eval_batches, o.eval_points);
+  const auto start = Clock::now();
+  double smoothed = 0;
+  while (trainer.step_count() < o.run.total_steps) {
+    const double loss = trainer.step();
+    smoothed = trainer.step_count() == 1 ? loss : 0.95 * smoothed + 0.05 * loss;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    const double rate = static_cast<double>(trainer.step_count()) / elapsed;
+    examples::draw_progress(trainer.step_count(), o.run.total_steps, smoothed, rate, "steps",
+                            static_cast<double>(o.run.total_steps - trainer.step_count()) / rate);
+  }
+  std::filesystem::create_directories(o.out_dir);
+  const auto checkpoint = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
+  trainer.save_checkpoint(checkpoint);
+  std::printf("\ntrained in %s; saved %s\n",
+              examples::format_duration(std::chrono::duration<double>(Clock::now() - start).count()).c_str(),
+              checkpoint.c_str());
+  print_table(before, trainer.evaluate(o.eval_batches, o.eval_points));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Train a coprocessor through a frozen decoder (differentiable cache augmentation)"};
+  Options o;
+  o.run.total_steps = 600;
+  std::string form = "residual", positions = "insertion-point", rule = "causal", input = "kv-cache";
+  bool pause = false, random_init = false;
+  app.add_option("--decoder", o.decoder_dir, "pretrained decoder (Hugging Face directory)")->capture_default_str();
+  app.add_option("--out", o.out_dir, "where the coprocessor checkpoint goes")->capture_default_str();
+  app.add_option("--latents", o.latents, "N_L latents: 1, 2, 4, 8, 16 or 32")->capture_default_str();
+  app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")->capture_default_str();
+  app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
+  app.add_option("--latent-form", form, "residual, normed or final-hidden")->capture_default_str();
+  app.add_option("--positions", positions, "insertion-point or shifted")->capture_default_str();
+  app.add_option("--soft-rule", rule, "causal or bidirectional soft tokens")->capture_default_str();
+  app.add_option("--input", input, "kv-cache or last-layer (ablation)")->capture_default_str();
+  app.add_flag("--pause", pause, "pause-token baseline: input-independent latents");
+  app.add_flag("--random-init", random_init, "initialise the coprocessor randomly instead of from the decoder");
+  app.add_option("--lora-rank", o.coprocessor.lora_rank, "0: full fine-tuning; r: LoRA adapters of rank r")->capture_default_str();
+  app.add_option("--steps", o.run.total_steps, "training steps")->capture_default_str();
+  app.add_option("--batch", o.run.batch_size, "sequences per step")->capture_default_str();
+  app.add_option("--seq-len", o.run.seq_len, "tokens per sequence")->capture_default_str();
+  app.add_option("--max-lr", o.run.max_lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", o.run.min_lr, "final learning rate")->capture_default_str();
+  app.add_option("--warmup", o.run.warmup_steps, "warmup steps")->capture_default_str();
+  app.add_option("--seed", o.run.seed, "batches and augmentation points")->capture_default_str();
+  app.add_option("--eval-batches", o.eval_batches, "held-out batches in the final table")->capture_default_str();
+  app.add_option("--eval-points", o.eval_points, "augmentation points per held-out sequence (0: all)")->capture_default_str();
+  app.add_option("--threads", o.threads, "threads")->capture_default_str();
+  app.add_option("--fortunes", o.fortunes_dir, "fortune files (\"\" to skip)")->capture_default_str();
+  app.add_option("--dictionary", o.dictionary, "gzip dictionary (\"\" to skip)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const std::map<std::string, dca::LatentForm> forms{{"residual", dca::LatentForm::residual},
+                                                       {"normed", dca::LatentForm::normed},
+                                                       {"final-hidden", dca::LatentForm::final_hidden}};
+    if (!forms.contains(form)) throw dca::UsageError("--latent-form must be residual, normed or final-hidden");
+    o.coprocessor.latent_form = forms.at(form);
+    if (positions != "insertion-point" && positions != "shifted")
+      throw dca::UsageError("--positions must be insertion-point or shifted");
+    o.coprocessor.positions = positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+    if (rule != "causal" && rule != "bidirectional") throw dca::UsageError("--soft-rule must be causal or bidirectional");
+    o.coprocessor.soft_token_rule = rule == "causal" ? dca::AttentionRule::causal : dca::AttentionRule::bidirectional;
+    if (input != "kv-cache" && input != "last-layer") throw dca::UsageError("--input must be kv-cache or last-layer");
+    o.coprocessor.input = input == "kv-cache" ? dca::CoprocessorInput::kv_cache : dca::CoprocessorInput::last_layer;
+    o.coprocessor.source = pause ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
+    o.coprocessor.init_from_decoder = !random_init;
+    if (app.count("--warmup") == 0) o.run.warmup_steps = std::min(o.run.warmup_steps, o.run.total_steps / 10);
+    switch (o.latents) {  // N_L is a compile-time constant of the coprocessor
+      case 1: return run<1>(o);
+      case 2: return run<2>(o);
+      case 4: return run<4>(o);
+      case 8: return run<8>(o);
+      case 16: return run<16>(o);
+      case 32: return run<32>(o);
+      default: throw dca::UsageError("--latents must be 1, 2, 4, 8, 16 or 32");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\ntrain_coprocessor: %s\n", e.what());
+    return 1;
+  }
+}

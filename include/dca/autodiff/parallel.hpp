@@ -1,0 +1,69 @@
+// dca/autodiff/parallel.hpp — splitting an op's elementwise or row loop over the OpenMP threads.
+//
+// GEMMs thread themselves (OpenBLAS or Eigen); these helpers are for the memory-bound loops between
+// them (activations, norms, bias and residual adds), which otherwise leave the second core idle.
+// Small loops stay on the calling thread, and so does every loop already inside a parallel region
+// (attention's per-head work).
+#pragma once
+
+#include "dca/core/config.hpp"
+
+#include <algorithm>
+#include <type_traits>
+
+namespace dca::detail {
+
+// Below this many elements a loop runs on the calling thread: at a fraction of a nanosecond per
+// element, waking the other threads would cost more than their share of the work.
+inline constexpr index_t parallel_min_elements = index_t{1} << 15;
+
+// The number of threads a loop over `elements` elements uses.
+inline int loop_threads(index_t elements) {
+#if defined(_OPENMP)
+  if (elements >= parallel_min_elements && !omp_in_parallel()) return num_threads();
+#endif
+  return 1;
+}
+
+// Calls body(begin, end) on disjoint ranges of whole chunks covering [0, n): [0, n) is cut into
+// chunks of `chunk` items (the last may be shorter) and each thread takes a contiguous run of them.
+// `elements` is the work of the whole loop, which decides whether it is split at all. The ranges
+// depend on the thread count only through which thread runs them, so a body that writes only its
+// own range gives the same bits on any number of threads.
+template <class Body>
+void parallel_chunks(index_t n, index_t chunk, index_t elements, const Body& body) {
+  const index_t chunks = (n + chunk - 1) / chunk;
+  const int threads = static_cast<int>(std::min<index_t>(loop_threads(elements), chunks));
+  if (threads <= 1) {
+    if (n > 0) body(index_t{0}, n);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+  {
+    const index_t t = omp_get_thread_num(), team = omp_get_num_threads();
+    const index_t begin = chunks * t / team * chunk, end = std::min(n, chunks * (t + 1) / team * chunk);
+    if (begin < end) body(begin, end);
+  }
+#endif
+}
+
+// Elements [begin, end) of contiguous memory as an Eigen array: one thread's part of a flat loop.
+template <class T>
+Eigen::Map<Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>> flat_range(T* data, index_t begin, index_t end)
+  requires(!std::is_const_v<T>)
+{
+  return {data + begin, end - begin};
+}
+template <class T>
+Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> flat_range(const T* data, index_t begin, index_t end) {
+  return {data + begin, end - begin};
+}
+
+// parallel_chunks over the rows of an [n, cols] matrix: one chunk per row.
+template <class Body>
+void parallel_rows(index_t n, index_t cols, const Body& body) {
+  parallel_chunks(n, 1, n * cols, body);
+}
+
+}  // namespace dca::detail

@@ -1,0 +1,67 @@
+// dca/coproc/plan.hpp — where a batch is augmented: K insertion points per sequence.
+//
+// A point t means: the cache holds tokens 0..t, the latents are inserted after slot t, and the
+// ahead tokens x[t+1..t+N_A] are predicted (the last latent predicts x[t+1]). So a point needs
+// 0 ≤ t ≤ T − 1 − N_A.
+#pragma once
+
+#include "dca/core/random.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace dca {
+
+struct AugmentationPlan {
+  index_t batch = 0;                 // sequences
+  index_t seq_len = 0;               // tokens per sequence, T
+  index_t points_per_sequence = 0;   // K
+  index_t n_ahead = 0;               // N_A
+  std::vector<index_t> points;       // [batch·K]: sequence b's points at b·K .. b·K+K−1, ascending
+
+  index_t point(index_t b, index_t j) const { return points[static_cast<std::size_t>(b * points_per_sequence + j)]; }
+  index_t groups() const { return batch * points_per_sequence; }
+
+  /// K distinct points per sequence, uniform over 0..T−1−N_A, drawn from `rng`.
+  static AugmentationPlan random(index_t batch, index_t seq_len, index_t k, index_t n_ahead, Rng& rng) {
+    check_sizes(batch, seq_len, k, n_ahead);
+    AugmentationPlan plan{batch, seq_len, k, n_ahead, {}};
+    const index_t available = seq_len - n_ahead;
+    std::vector<index_t> all(static_cast<std::size_t>(available));
+    for (index_t b = 0; b < batch; ++b) {
+      for (index_t i = 0; i < available; ++i) all[static_cast<std::size_t>(i)] = i;
+      for (index_t i = 0; i < k; ++i)  // partial Fisher–Yates: the first k are a uniform sample
+        std::swap(all[static_cast<std::size_t>(i)], all[static_cast<std::size_t>(i + rng.below(available - i))]);
+      std::sort(all.begin(), all.begin() + k);
+      plan.points.insert(plan.points.end(), all.begin(), all.begin() + k);
+    }
+    return plan;
+  }
+
+  /// Given points ([batch·K], each sequence's K points), validated.
+  static AugmentationPlan given(index_t batch, index_t seq_len, index_t n_ahead, std::vector<index_t> points) {
+    if (batch < 1 || points.empty() || static_cast<index_t>(points.size()) % batch != 0)
+      detail::fail<RangeError>("AugmentationPlan: ", points.size(), " points do not split into ", batch,
+                               " sequences of K points each");
+    const index_t k = static_cast<index_t>(points.size()) / batch;
+    check_sizes(batch, seq_len, k, n_ahead);
+    for (std::size_t i = 0; i < points.size(); ++i)
+      if (points[i] < 0 || points[i] > seq_len - 1 - n_ahead)
+        detail::fail<RangeError>("AugmentationPlan: point ", points[i], " (sequence ", static_cast<index_t>(i) / k,
+                                 ") is outside 0..", seq_len - 1 - n_ahead, ": with T = ", seq_len, " and N_A = ",
+                                 n_ahead, " the ahead tokens would run past the sequence");
+    return {batch, seq_len, k, n_ahead, std::move(points)};
+  }
+
+ private:
+  static void check_sizes(index_t batch, index_t seq_len, index_t k, index_t n_ahead) {
+    if (batch < 1 || k < 1 || n_ahead < 1)
+      detail::fail<RangeError>("AugmentationPlan: batch ", batch, ", K ", k, " and N_A ", n_ahead, " must be ≥ 1");
+    if (seq_len - n_ahead < k)
+      detail::fail<RangeError>("AugmentationPlan: a sequence of ", seq_len, " tokens has ",
+                               std::max<index_t>(seq_len - n_ahead, 0), " insertion points with ", n_ahead,
+                               " ahead tokens after them; K = ", k, " do not fit");
+  }
+};
+
+}  // namespace dca
