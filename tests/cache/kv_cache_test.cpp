@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <deque>
 #include <filesystem>
 #include <vector>
 
@@ -20,20 +21,9 @@ using dca::Tensor;
 
 namespace {
 
-// Tiny presets; Gemma-2's window of 3 is shorter than the test sequences, so it matters.
-std::vector<DecoderConfig> presets() {
-  auto gemma = DecoderConfig::gemma2(13, 8, 2, 2, 1, 6, 12, 3);
-  gemma.attention_softcap = 2.0;
-  gemma.final_softcap = 3.0;
-  return {DecoderConfig::gpt2(13, 8, 2, 2, 32), DecoderConfig::llama(13, 8, 2, 2, 1, 12), gemma};
-}
+std::vector<DecoderConfig> presets() { return dca::test::tiny_presets(3); }
 
-std::vector<index_t> tokens(index_t n, std::uint64_t seed) {
-  dca::Rng rng(seed);
-  std::vector<index_t> ids(static_cast<std::size_t>(n));
-  for (auto& id : ids) id = rng.below(13);
-  return ids;
-}
+std::vector<index_t> tokens(index_t n, std::uint64_t seed) { return dca::test::random_tokens(n, seed); }
 
 // Rows of the token-embedding table: the input embeddings these tokens stand for.
 Tensor<double> embedding_rows(dca::Decoder<double>& decoder, std::span<const index_t> ids) {
@@ -223,10 +213,12 @@ TEST_CASE("the gradient of a loss on tokens after the latents reaches the latent
     dca::Decoder<double> decoder(config, 9);
     decoder.freeze();
     const auto ids = tokens(7, 8);
+    // The tape reads each cache during backward, so every evaluation's cache outlives the check.
+    std::deque<KVCache<double>> caches;
     const auto result = dca::check_gradients(
         [&](auto z) {
           auto& tape = z.tape();
-          KVCache<double> cache(config, 12);
+          auto& cache = caches.emplace_back(config, 12);
           cache.append_tokens(tape, decoder, std::span<const index_t>(ids).first(3));
           cache.insert_latents(tape, decoder, z, 2);
           return cache.append_tokens(tape, decoder, std::span<const index_t>(ids).subspan(3));

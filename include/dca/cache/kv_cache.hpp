@@ -15,7 +15,8 @@
 // Storage is shared copy-on-write: `fork()` and `prefix()` cost O(1) and the first write to a
 // shared buffer copies only the used slots. Values computed on the current tape from an active
 // input (latents from a coprocessor) also stay on the tape as the cache's *active tail*, so a loss
-// on later tokens reaches them; everything else is a constant.
+// on later tokens reaches them; everything else is a constant. The tape reads the cache's storage
+// during backward without copying it, so keep the cache alive until the backward pass is done.
 #pragma once
 
 #include "dca/autodiff/ops/shape.hpp"
