@@ -14,6 +14,8 @@
 #include <dca/train/tokenizer.hpp>
 #include <dca/train/trainer.hpp>
 
+#include "progress.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -28,27 +30,6 @@ namespace {
 using dca::index_t;
 using Clock = std::chrono::steady_clock;
 
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long>(seconds + 0.5);
-  char buffer[32];
-  if (s >= 3600)
-    std::snprintf(buffer, sizeof buffer, "%ldh%02ldm", s / 3600, s / 60 % 60);
-  else
-    std::snprintf(buffer, sizeof buffer, "%ldm%02lds", s / 60, s % 60);
-  return buffer;
-}
-
-// One progress line, redrawn in place: step, bar, loss, throughput, ETA.
-void draw_progress(index_t step, index_t total, double loss, double tokens_per_second, double eta_seconds) {
-  constexpr int width = 28;
-  const int filled = static_cast<int>(width * static_cast<double>(step) / static_cast<double>(total));
-  std::string bar(static_cast<std::size_t>(filled), '=');
-  if (filled < width) bar += '>';
-  bar.resize(width, ' ');
-  std::printf("\rstep %6ld/%ld [%s] loss %.3f | %6.0f tok/s | ETA %s   ", static_cast<long>(step),
-              static_cast<long>(total), bar.c_str(), loss, tokens_per_second, format_duration(eta_seconds).c_str());
-  std::fflush(stdout);
-}
 
 // Continues `prompt` by `length` bytes with cached decoding, printing each byte as it comes. The model
 // was trained on windows of `context` bytes, so the cache holds at most that many: when it is full,
@@ -188,12 +169,12 @@ int main(int argc, char** argv) {
           << (evaluate ? std::to_string(validation) : "") << ',' << lr << '\n';
       if (std::chrono::duration<double>(Clock::now() - last_draw).count() > 0.25 || evaluate) {
         const double eta = static_cast<double>((run.total_steps - step) * tokens_per_step) / rate;
-        draw_progress(step, run.total_steps, smoothed, rate, eta);
+        examples::draw_progress(step, run.total_steps, smoothed, rate, "tok", eta);
         last_draw = Clock::now();
       }
       if (evaluate)
         std::printf("\n  held-out loss %.4f nats/byte (%.3f bits) at step %ld, %s\n", validation, validation / std::log(2.0),
-                    static_cast<long>(step), format_duration(elapsed).c_str());
+                    static_cast<long>(step), examples::format_duration(elapsed).c_str());
       if (step % checkpoint_every == 0 || step == run.total_steps) trainer.save_checkpoint(checkpoint);
       if (time_limit_minutes > 0 && elapsed > time_limit_minutes * 60) {
         std::printf("\ntime limit reached at step %ld\n", static_cast<long>(step));
@@ -205,7 +186,7 @@ int main(int argc, char** argv) {
     const double final_loss = trainer.validation_loss(eval_batches);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::printf("\nfinal held-out loss %.4f nats/byte after %ld steps in %s\n", final_loss,
-                static_cast<long>(trainer.step_count()), format_duration(seconds).c_str());
+                static_cast<long>(trainer.step_count()), examples::format_duration(seconds).c_str());
     const auto hf_dir = std::filesystem::path(out_dir) / "model";
     dca::save_hf_decoder(model, hf_dir);
     std::printf("saved the model to %s (Hugging Face layout) and checkpoints to %s\n\n", hf_dir.c_str(),

@@ -1,12 +1,17 @@
 // Shared helpers for the test suite: deterministic random tensors and comparisons.
 #pragma once
 
+#include "dca/core/random.hpp"
+#include "dca/nn/config.hpp"
 #include "dca/tensor/tensor.hpp"
+#include "dca/train/corpus.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
+#include <vector>
 
 namespace dca::test {
 
@@ -31,5 +36,31 @@ double max_relative_difference(const A& a, const B& b) {
   }
   return diff / std::max(scale, 1e-300);
 }
+
+/// Tiny GPT-2, Llama (MQA) and Gemma-2 (head_dim ≠ d/H, soft-capping active at these scales, a
+/// sliding window of `window` on layer 0) decoders over a vocabulary of 13, for exact tests.
+inline std::vector<DecoderConfig> tiny_presets(index_t window = 3) {
+  auto gemma = DecoderConfig::gemma2(13, 8, 2, 2, 1, 6, 12, window);
+  gemma.attention_softcap = 2.0;
+  gemma.final_softcap = 3.0;
+  return {DecoderConfig::gpt2(13, 8, 2, 2, 32), DecoderConfig::llama(13, 8, 2, 2, 1, 12), gemma};
+}
+
+/// n token ids uniform over [0, vocab), reproducible from `seed`.
+inline std::vector<index_t> random_tokens(index_t n, std::uint64_t seed, index_t vocab = 13) {
+  Rng rng(seed);
+  std::vector<index_t> ids(static_cast<std::size_t>(n));
+  for (auto& id : ids) id = rng.below(vocab);
+  return ids;
+}
+
+#ifdef DCA_TEST_DATA_DIR
+/// The small English sample shipped for tests (tests/data/sample.txt) as a one-source corpus.
+inline CorpusMixture sample_corpus() {
+  CorpusMixture corpus;
+  corpus.add(TextSource::from_file(std::string(DCA_TEST_DATA_DIR) + "/sample.txt"));
+  return corpus;
+}
+#endif
 
 }  // namespace dca::test

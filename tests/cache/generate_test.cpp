@@ -3,6 +3,7 @@
 // Hugging Face's order, generation is reproducible from its seed, stops where and why it says, and
 // runs in memory that does not grow with the number of tokens.
 #include "dca/cache/generate.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -23,26 +24,17 @@ using dca::Tensor;
 
 namespace {
 
-// Tiny presets (vocabulary 13); Gemma-2's window of 3 is shorter than the generated sequences. A
-// larger init_std than the default makes the logits decisive enough that greedy tokens vary.
+// The tiny presets with a larger init_std than the default, which makes the logits decisive enough
+// that greedy tokens vary.
 std::vector<DecoderConfig> presets() {
-  auto gemma = DecoderConfig::gemma2(13, 8, 2, 2, 1, 6, 12, 3);
-  gemma.attention_softcap = 2.0;
-  gemma.final_softcap = 3.0;
-  std::vector<DecoderConfig> configs{DecoderConfig::gpt2(13, 8, 2, 2, 32), DecoderConfig::llama(13, 8, 2, 2, 1, 12),
-                                     gemma};
+  auto configs = dca::test::tiny_presets(3);
   for (auto& c : configs) c.init_std = 0.5;
   return configs;
 }
 
 DecoderConfig llama() { return presets()[1]; }
 
-std::vector<index_t> tokens(index_t n, std::uint64_t seed) {
-  dca::Rng rng(seed);
-  std::vector<index_t> ids(static_cast<std::size_t>(n));
-  for (auto& id : ids) id = rng.below(13);
-  return ids;
-}
+std::vector<index_t> tokens(index_t n, std::uint64_t seed) { return dca::test::random_tokens(n, seed); }
 
 // The lowest index of the largest value.
 index_t argmax(std::span<const double> values) {

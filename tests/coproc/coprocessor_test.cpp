@@ -16,19 +16,9 @@ using dca::index_t;
 
 namespace {
 
-std::vector<DecoderConfig> presets() {
-  auto gemma = DecoderConfig::gemma2(13, 8, 2, 2, 1, 6, 12, 4);
-  gemma.attention_softcap = 2.0;
-  gemma.final_softcap = 3.0;
-  return {DecoderConfig::gpt2(13, 8, 2, 2, 16), DecoderConfig::llama(13, 8, 2, 2, 1, 12), gemma};
-}
+std::vector<DecoderConfig> presets() { return dca::test::tiny_presets(4); }
 
-std::vector<index_t> tokens(index_t n, std::uint64_t seed) {
-  dca::Rng rng(seed);
-  std::vector<index_t> ids(static_cast<std::size_t>(n));
-  for (auto& id : ids) id = rng.below(13);
-  return ids;
-}
+std::vector<index_t> tokens(index_t n, std::uint64_t seed) { return dca::test::random_tokens(n, seed); }
 
 template <index_t NL, class O = dca::UniformAhead>
 using Cop = dca::Coprocessor<double, NL, O>;

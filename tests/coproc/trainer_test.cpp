@@ -2,6 +2,7 @@
 // evaluation compares against the frozen decoder on the same tokens, and checkpoints resume exactly.
 #include "dca/coproc/trainer.hpp"
 #include "dca/train/trainer.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -16,11 +17,7 @@ using dca::index_t;
 
 namespace {
 
-dca::CorpusMixture sample_corpus() {
-  dca::CorpusMixture corpus;
-  corpus.add(dca::TextSource::from_file(std::string(DCA_TEST_DATA_DIR) + "/sample.txt"));
-  return corpus;
-}
+using dca::test::sample_corpus;
 
 dca::CoprocessorTrainerConfig tiny_run() {
   dca::CoprocessorTrainerConfig c;

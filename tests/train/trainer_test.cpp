@@ -1,5 +1,6 @@
 // Specification of the trainer: it learns, it is deterministic, and checkpoints resume exactly.
 #include "dca/train/trainer.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -14,11 +15,7 @@ using dca::index_t;
 
 namespace {
 
-dca::CorpusMixture sample_corpus() {
-  dca::CorpusMixture corpus;
-  corpus.add(dca::TextSource::from_file(std::string(DCA_TEST_DATA_DIR) + "/sample.txt"));
-  return corpus;
-}
+using dca::test::sample_corpus;
 
 dca::DecoderConfig tiny_model() { return dca::DecoderConfig::llama(256, 32, 2, 2, 2, 64); }
 
