@@ -112,6 +112,23 @@ TEST_CASE("input embeddings give the same logits as the token ids they embed") {
   }
 }
 
+TEST_CASE("a forward without the output head gives the same hidden states and no logits") {
+  for (const auto& config : tiny_presets()) {
+    CAPTURE(config.architecture);
+    dca::Decoder<double> decoder(config, 4);
+    dca::Tape<double> tape;
+    const std::vector<index_t> ids = {3, 1, 4, 1, 5};
+    dca::DecoderInput<double> input;
+    input.ids = ids;
+    const auto with_head = decoder.forward(tape, input);
+    input.compute_logits = false;
+    const auto without_head = decoder.forward(tape, input);
+    CHECK(std::ranges::equal(without_head.hidden.value().span(), with_head.hidden.value().span()));
+    CHECK(without_head.logits.empty());
+    CHECK_FALSE(with_head.logits.empty());
+  }
+}
+
 TEST_CASE("sequences of a batch do not see each other, and explicit default positions change nothing") {
   for (const auto& config : tiny_presets()) {
     CAPTURE(config.architecture);

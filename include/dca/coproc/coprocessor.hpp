@@ -140,6 +140,7 @@ class Coprocessor {
     tokens_in.ids = ids;
     tokens_in.batch = plan.batch;
     tokens_in.keep_keys_values = true;
+    tokens_in.compute_logits = false;
     const DecoderOutput<T> tokens_out = decoder.forward(tape, tokens_in);
     auto* token_positions = tape.template allocate<index_t>(plan.batch * T_);
     for (index_t i = 0; i < plan.batch * T_; ++i) token_positions[i] = i % T_;
@@ -201,6 +202,7 @@ class Coprocessor {
       DecoderInput<T> tokens_in;
       tokens_in.ids = seq;
       tokens_in.keep_keys_values = true;
+      tokens_in.compute_logits = false;
       const auto tokens_out = decoder.forward(tape, tokens_in);
       std::vector<index_t> token_positions(static_cast<std::size_t>(T_));
       for (index_t i = 0; i < T_; ++i) token_positions[static_cast<std::size_t>(i)] = i;
@@ -332,6 +334,7 @@ class Coprocessor {
       in.layer_caches = caches;
       in.mask = mask;
       in.window_mask = window_mask;
+      in.compute_logits = false;
       const DecoderOutput<T> out = model_.forward(tape, in);
       h = config_.latent_form == LatentForm::final_hidden ? out.residual : out.hidden;
     } else {
@@ -375,6 +378,7 @@ class Coprocessor {
     in.embeddings = concat_rows(std::span<const Var<T>>(parts));
     in.positions = {kept, static_cast<std::size_t>(row)};
     in.groups = {kept_groups, sequence_groups.size()};
+    in.compute_logits = false;
     const DecoderOutput<T> out = model_.forward(tape, in);
     const Var<T> h = config_.latent_form == LatentForm::final_hidden ? out.residual : out.hidden;
     std::vector<Var<T>> latent_rows;

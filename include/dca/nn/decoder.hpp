@@ -37,6 +37,7 @@ struct DecoderInput {
   std::span<const Var<T>> active_values;    // (cache slots computed on this tape), or empty
   std::span<const index_t> key_positions;   // [P + N] positions of those keys and the rows' own; empty: positions
   bool keep_keys_values = false;            // return every layer's keys/values (what a cache stores)
+  bool compute_logits = true;               // false: skip the output head (callers reading hidden states only)
   // Explicit attention masks [N, cache + N] (1 = visible) replacing groups and rule — `mask` for
   // full-attention layers, `window_mask` for sliding-window layers (the window must be encoded in
   // it). Used by dense reference computations; the structured paths use groups.
@@ -171,6 +172,7 @@ class Decoder {
     }
     out.residual = x;
     out.hidden = final_norm_(tape, x);
+    if (!input.compute_logits) return out;
     out.logits = linear(out.hidden, tape.param(has_head() ? head_ : embed_));
     if (config_.final_softcap > 0) out.logits = softcap(out.logits, static_cast<T>(config_.final_softcap));
     return out;
