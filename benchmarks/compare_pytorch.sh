@@ -48,6 +48,12 @@ wait_for_quiet() {
 
 have_torch=0
 if "$python" -c "import torch" 2>/dev/null; then have_torch=1; fi
+# PyTorch reaches OpenBLAS through libblas.so.3, by default the pthread flavour when it is
+# installed (update-alternatives), whose threads ignore torch.set_num_threads and fight its
+# OpenMP threads: at 2 threads that halves PyTorch's speed. Its best configuration, used here, is
+# the OpenMP flavour (libopenblas0-openmp), which shares torch's OpenMP threads, as dca does.
+torch_blas=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/openblas-openmp
+[ -e "$torch_blas/libblas.so.3" ] || torch_blas=""
 
 configs=("tiny 2/4/128/64/96/16" "small 4/4/256/128/256/8")
 results=$(mktemp)
@@ -70,7 +76,8 @@ for round in $(seq "$rounds"); do
       torch_tokens=nan
       if [ "$have_torch" = 1 ]; then
         torch_busy=$(wait_for_quiet)
-        torch_tokens=$("$python" "$root/benchmarks/pytorch_training_step.py" --config "$name" --threads "$threads" \
+        torch_tokens=$(LD_LIBRARY_PATH=$torch_blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+                       "$python" "$root/benchmarks/pytorch_training_step.py" --config "$name" --threads "$threads" \
                        --steps 10 | awk '/^pytorch/ {for (i = 1; i <= NF; ++i) if ($i == "tokens/s") print $(i + 1)}')
         busy="$busy/$torch_busy"
       fi

@@ -9,11 +9,15 @@ embeddings; every linear layer has a bias. Same step: forward, mean cross-entrop
 AdamW (lr 1e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices but not on biases,
 norms or embeddings), zero_grad. float32, random token ids and targets.
 
-Usage: /usr/bin/python3 benchmarks/pytorch_training_step.py [--threads 1 2] [--steps 20] [--config tiny small]
+Usage: [LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp] /usr/bin/python3 \
+           benchmarks/pytorch_training_step.py [--threads 1 2] [--steps 20] [--config tiny small]
 Prints one line per (config, threads): median and best step time and tokens/s (median) and the
-GFLOP/s of bench_training.cpp's accounting.
+GFLOP/s of bench_training.cpp's accounting. Debian's torch reaches OpenBLAS through libblas.so.3;
+the library path above selects the OpenMP flavour, PyTorch's fastest here (compare_pytorch.sh
+sets it), and the script sets OpenBLAS's thread count to --threads whichever flavour is loaded.
 """
 import argparse
+import ctypes
 import math
 import statistics
 import time
@@ -78,9 +82,26 @@ class GPT2(torch.nn.Module):
         return self.ln_f(x) @ self.wte.weight.t()  # tied head
 
 
+def loaded_openblas():
+    """The OpenBLAS this process loaded (Debian's torch reaches it through libblas.so.3), or None."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libopenblas" in line:
+                return line.split()[-1]
+    return None
+
+
+def set_threads(threads):
+    """torch.set_num_threads, and the same count for OpenBLAS: Debian's torch is built against a
+    generic BLAS and does not tell OpenBLAS, whose pthread flavour would otherwise use every core."""
+    torch.set_num_threads(threads)
+    if loaded_openblas():
+        ctypes.CDLL(loaded_openblas()).openblas_set_num_threads(threads)
+
+
 def run(name, threads, steps):
     layers, heads, d, t, vocab, batch = CONFIGS[name]
-    torch.set_num_threads(threads)
+    set_threads(threads)
     torch.manual_seed(1)
     model = GPT2(layers, heads, d, t, vocab)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(("wte", "wpe"))]
@@ -113,7 +134,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
-    print(f"# torch {torch.__version__} (float32; blocks of tokens/s are per training step of batch x T tokens)")
+    torch.ones(2, 2) @ torch.ones(2, 2)  # loads the BLAS
+    print(f"# torch {torch.__version__}, BLAS {loaded_openblas() or 'not OpenBLAS'}")
     for name in args.config:
         for threads in args.threads:
             run(name, threads, args.steps)

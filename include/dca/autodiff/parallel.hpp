@@ -9,6 +9,7 @@
 #include "dca/core/config.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 namespace dca::detail {
@@ -58,6 +59,14 @@ Eigen::Map<Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>> flat_range(T
 template <class T>
 Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> flat_range(const T* data, index_t begin, index_t end) {
   return {data + begin, end - begin};
+}
+
+// Sets count elements to zero, on all threads when the array is large (fresh adjoints).
+template <class T>
+void zero_fill(T* data, index_t count) {
+  parallel_chunks(count, parallel_min_elements, count, [&](index_t begin, index_t end) {
+    std::memset(data + begin, 0, sizeof(T) * static_cast<std::size_t>(end - begin));
+  });
 }
 
 // parallel_chunks over the rows of an [n, cols] matrix: one chunk per row.

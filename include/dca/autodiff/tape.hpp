@@ -13,6 +13,7 @@
 #pragma once
 
 #include "dca/autodiff/arena.hpp"
+#include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/parameter.hpp"
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
@@ -274,7 +275,7 @@ class Tape {
     T* adjoint = nullptr;
     if (active) {
       adjoint = arena_.allocate_array<T>(rows * cols);
-      std::memset(adjoint, 0, sizeof(T) * static_cast<std::size_t>(rows * cols));
+      detail::zero_fill(adjoint, rows * cols);
     }
     return push(op, rows, cols, value, adjoint);
   }
@@ -389,7 +390,10 @@ class Tape {
     }
     swept_ = true;
     if (seed)
-      MatrixMap<T>(out.adjoint, out.rows, out.cols) += ConstMatrixMap<T>(seed, out.rows, out.cols);
+      detail::parallel_chunks(out.rows * out.cols, detail::parallel_min_elements, out.rows * out.cols,
+                              [&](index_t begin, index_t end) {
+                                detail::flat_range(out.adjoint, begin, end) += detail::flat_range(seed, begin, end);
+                              });
     else
       out.adjoint[0] += T(1);
     for (std::size_t i = from.index_ + 1; i-- > floor;) {
