@@ -29,3 +29,7 @@
 #include "dca/coproc/coprocessor.hpp"
 #include "dca/coproc/trainer.hpp"
 #include "dca/coproc/session.hpp"
+#include "dca/experiment/arithmetic.hpp"
+#include "dca/experiment/csv.hpp"
+#include "dca/experiment/stats.hpp"
+#include "dca/experiment/svg.hpp"
