@@ -49,6 +49,21 @@ void parallel_chunks(index_t n, index_t chunk, index_t elements, const Body& bod
 #endif
 }
 
+// Runs body(task) for every task in [0, n), dynamically scheduled over `threads` threads. With one
+// thread it opens no parallel region: inside even a one-thread region, every threaded GEMM would be
+// a nested team, whose threads libgomp creates afresh each time (a decode step created ~30).
+template <class Body>
+void parallel_tasks(index_t n, int threads, const Body& body) {
+#if defined(_OPENMP)
+  if (threads > 1) {
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+    for (index_t task = 0; task < n; ++task) body(task);
+    return;
+  }
+#endif
+  for (index_t task = 0; task < n; ++task) body(task);
+}
+
 // Elements [begin, end) of contiguous memory as an Eigen array: one thread's part of a flat loop.
 template <class T>
 Eigen::Map<Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>> flat_range(T* data, index_t begin, index_t end)

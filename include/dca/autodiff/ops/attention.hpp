@@ -492,21 +492,18 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
   T* output = y.mutable_data();
   std::fill(output, output + Nq * H * D, T(0));
   const index_t n_tasks = layout.n_tasks(), per_kv = layout.heads_per_kv();
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic) num_threads(n_slots)
-#endif
-  for (index_t task = 0; task < n_tasks; ++task) {
+  detail::parallel_tasks(n_tasks, n_slots, [&](index_t task) {
     const index_t g = task / Hkv, kv_head = task % Hkv;
     const AttentionGroup& group = layout.groups[g];
     const index_t head_probs = group.q_count * detail::attention_keys(group);
-    if (head_probs == 0) continue;
+    if (head_probs == 0) return;
     for (index_t head = kv_head * per_kv; head < (kv_head + 1) * per_kv; ++head) {
       const index_t at = prob_offset[g] + head * head_probs;
       T* head_p = stored ? probs + at : probs + detail::attention_thread_slot() * slot_size;
       detail::attention_forward_head(layout, visibility, group, head, qo, ko, vo, output, head_p,
                                      capped ? capped + at : nullptr);
     }
-  }
+  });
   // Backward scratch (dS of one head per thread) and per-thread GEMM counters, which the threads
   // must not share; allocated here because the arena is not thread-safe.
   const int backward_slots = shared_adjoint ? 1 : n_slots;
@@ -517,22 +514,18 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
                   stats = &tape.stats()] {
     std::fill(thread_stats, thread_stats + backward_slots, TapeStats{});
     const index_t n_tasks = layout.n_tasks(), Hkv = layout.n_kv_heads, per_kv = layout.heads_per_kv();
-#if defined(_OPENMP)
-    const int team = std::min(backward_slots, num_threads());
-#pragma omp parallel for schedule(dynamic) num_threads(team)
-#endif
-    for (index_t task = 0; task < n_tasks; ++task) {
+    detail::parallel_tasks(n_tasks, std::min(backward_slots, num_threads()), [&](index_t task) {
       const index_t g = task / Hkv, kv_head = task % Hkv;
       const AttentionGroup& group = layout.groups[g];
       const index_t head_probs = group.q_count * detail::attention_keys(group);
-      if (head_probs == 0) continue;
+      if (head_probs == 0) return;
       const int slot = detail::attention_thread_slot();
       for (index_t head = kv_head * per_kv; head < (kv_head + 1) * per_kv; ++head) {
         const index_t at = prob_offset[g] + head * head_probs;
         detail::attention_backward_head(layout, group, head, qo, ko, vo, yo, probs + at, capped ? capped + at : nullptr,
                                         scratch ? scratch + slot * slot_size : nullptr, &thread_stats[slot]);
       }
-    }
+    });
     for (int s = 0; s < backward_slots; ++s) {
       stats->backward_gemms += thread_stats[s].backward_gemms;
       stats->backward_gemm_flops += thread_stats[s].backward_gemm_flops;
