@@ -1,4 +1,5 @@
-// Shared helpers for the test suite: deterministic random tensors and comparisons.
+// Shared helpers for the test suite: deterministic random tensors, comparisons, tiny presets,
+// sample text and temporary directories.
 #pragma once
 
 #include "dca/core/random.hpp"
@@ -9,11 +10,30 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace dca::test {
+
+/// A fresh directory under the system's temporary directory, removed with its contents at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "dca-test-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("TempDir: mkdtemp failed for " + pattern);
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 /// A tensor with entries uniform in [lo, hi), reproducible from `seed`.
 template <Scalar T = double>

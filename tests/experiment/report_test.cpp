@@ -2,6 +2,7 @@
 #include "dca/experiment/csv.hpp"
 #include "dca/experiment/stats.hpp"
 #include "dca/experiment/svg.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -25,20 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using dca::index_t;
-
-// A fresh directory under the system's temporary directory, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "dca-report-test-XXXXXX").string();
-    REQUIRE(mkdtemp(pattern.data()) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using dca::test::TempDir;
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -1,5 +1,6 @@
 #include "dca/train/corpus.hpp"
 #include "dca/train/tokenizer.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -21,20 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using dca::index_t;
-
-// A fresh directory under the system's temporary directory, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "dca-data-test-XXXXXX").string();
-    REQUIRE(mkdtemp(pattern.data()) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using dca::test::TempDir;
 
 void write_file(const fs::path& path, std::string_view bytes) {
   std::ofstream out(path, std::ios::binary);

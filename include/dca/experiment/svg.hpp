@@ -230,6 +230,16 @@ inline void check_error_bar(const char* who, const std::string& what, double err
   if (error < 0) fail<RangeError>(who, ": ", what, " has error = ", error, "; error bars must be >= 0");
 }
 
+// Widens [y_low, y_high] to take in every reference line, which must be finite.
+inline void extend_to_reference_lines(const char* who, const std::vector<ReferenceLine>& lines, double& y_low,
+                                      double& y_high) {
+  for (const ReferenceLine& line : lines) {
+    check_finite(who, "reference line '" + line.label + "'", "y", line.y);
+    y_low = std::min(y_low, line.y);
+    y_high = std::max(y_high, line.y);
+  }
+}
+
 // The opening of the document: root element, accessible title, white background, visible title.
 inline std::string chart_header(double width, double height, const std::string& title) {
   std::string svg = concat("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", pixel(width), "\" height=\"",
@@ -316,11 +326,7 @@ inline std::string line_chart_svg(const LineChartConfig& config, std::span<const
       y_high = std::max(y_high, p.y + p.error);
     }
   }
-  for (const ReferenceLine& line : config.reference_lines) {
-    detail::check_finite(who, "reference line '" + line.label + "'", "y", line.y);
-    y_low = std::min(y_low, line.y);
-    y_high = std::max(y_high, line.y);
-  }
+  detail::extend_to_reference_lines(who, config.reference_lines, y_low, y_high);
   const double legend_width = std::min(config.width / 3, 40 + widest_name);
   detail::PlotFrame frame{70,
                           config.title.empty() ? 16.0 : 44.0,
@@ -392,11 +398,7 @@ inline std::string bar_chart_svg(const BarChartConfig& config, std::span<const C
     y_low = std::min(y_low, bar.value - bar.error);
     y_high = std::max(y_high, bar.value + bar.error);
   }
-  for (const ReferenceLine& line : config.reference_lines) {
-    detail::check_finite(who, "reference line '" + line.label + "'", "y", line.y);
-    y_low = std::min(y_low, line.y);
-    y_high = std::max(y_high, line.y);
-  }
+  detail::extend_to_reference_lines(who, config.reference_lines, y_low, y_high);
   detail::PlotFrame frame{70,
                           config.title.empty() ? 16.0 : 44.0,
                           config.width - 16,
