@@ -90,6 +90,36 @@ TEST_CASE("training the coprocessor lowers the augmented training loss through a
   CHECK(std::ranges::equal(decoder.parameters()[0]->value().span(), before.span()));  // the decoder never moves
 }
 
+TEST_CASE("on one fixed batch the latents alone steer the frozen decoder's next-token loss well below its own") {
+  // The gradient path's strength, separated from generalisation: the latents alone must be able to
+  // move the frozen decoder's prediction of the token after the insertion point.
+  const auto corpus = sample_corpus();
+  auto decoder = pretrained_decoder(corpus);
+  dca::CoprocessorConfig c;
+  c.n_ahead = 4;
+  dca::Coprocessor<float, 1> coprocessor(decoder, c);
+  dca::BatchSampler sampler(corpus, 4);
+  const dca::Batch batch = sampler.sample(2, 32);
+  const auto plan = dca::AugmentationPlan::given(2, 32, 4, {3, 9, 17, 25, 5, 12, 20, 27});
+  dca::Tape<float> tape;
+  const auto frozen = dca::cross_entropy_per_token(decoder.logits(tape, batch.inputs, 2), batch.targets);
+  double frozen_next = 0;  // the frozen decoder's loss on the same tokens x[t+1]
+  for (index_t b = 0; b < 2; ++b)
+    for (index_t j = 0; j < plan.points_per_sequence; ++j) frozen_next += frozen.value()[b * 32 + plan.point(b, j)] / 8;
+  dca::AdamW<float> optimizer(coprocessor.parameters(), dca::AdamWConfig{1e-3, 0.9, 0.95, 1e-8, 0.0});
+  double augmented_next = 0;
+  for (int step = 0; step < 100; ++step) {
+    tape.reset();
+    const auto loss = coprocessor.loss(tape, decoder, batch.inputs, plan);
+    augmented_next = loss.per_position[0];
+    tape.backward(loss.loss);
+    optimizer.step(1e-3);
+    optimizer.zero_grad();
+  }
+  MESSAGE("loss of x[t+1]: frozen ", frozen_next, ", augmented after 100 steps ", augmented_next);
+  CHECK(augmented_next < 0.8 * frozen_next);  // measured: 3.09 -> 2.27
+}
+
 TEST_CASE("a coprocessor run resumed from a checkpoint continues bit-identically") {
   const auto corpus = sample_corpus();
   const auto path = std::filesystem::temp_directory_path() / ("dca-coproc-" + std::to_string(::getpid()) + ".safetensors");
