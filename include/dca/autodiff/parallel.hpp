@@ -19,7 +19,7 @@ namespace dca::detail {
 inline constexpr index_t parallel_min_elements = index_t{1} << 15;
 
 // The number of threads a loop over `elements` elements uses.
-inline int loop_threads(index_t elements) {
+inline int loop_threads([[maybe_unused]] index_t elements) {
 #if defined(_OPENMP)
   if (elements >= parallel_min_elements && !omp_in_parallel()) return num_threads();
 #endif
@@ -53,7 +53,7 @@ void parallel_chunks(index_t n, index_t chunk, index_t elements, const Body& bod
 // thread it opens no parallel region: inside even a one-thread region, every threaded GEMM would be
 // a nested team, whose threads libgomp creates afresh each time (a decode step created ~30).
 template <class Body>
-void parallel_tasks(index_t n, int threads, const Body& body) {
+void parallel_tasks(index_t n, [[maybe_unused]] int threads, const Body& body) {
 #if defined(_OPENMP)
   if (threads > 1) {
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
