@@ -294,6 +294,14 @@ Result<T> run_case(const Case& c, const Inputs& in, std::uint64_t seed) {
                 direction);
 }
 
+// Output and every gradient of a float run within 1e-5 (relative) of the double run.
+void check_float_agrees_with_double(const Result<float>& in_float, const Result<double>& in_double) {
+  CHECK(dca::test::max_relative_difference(in_float.out.span(), in_double.out.span()) < 1e-5);
+  CHECK(dca::test::max_relative_difference(in_float.dq.span(), in_double.dq.span()) < 1e-5);
+  CHECK(dca::test::max_relative_difference(in_float.dk.span(), in_double.dk.span()) < 1e-5);
+  CHECK(dca::test::max_relative_difference(in_float.dv.span(), in_double.dv.span()) < 1e-5);
+}
+
 double max_abs_difference(const auto& a, const auto& b) {
   double worst = 0;
   for (index_t i = 0; i < a.numel(); ++i)
@@ -540,10 +548,7 @@ TEST_CASE("float attention agrees with double") {
     const Inputs in = make_inputs(c, 71);
     const auto in_double = run_case<double>(c, in, 73);
     const auto in_float = run_case<float>(c, in, 73);
-    CHECK(dca::test::max_relative_difference(in_float.out.span(), in_double.out.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dq.span(), in_double.dq.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dk.span(), in_double.dk.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dv.span(), in_double.dv.span()) < 1e-5);
+    check_float_agrees_with_double(in_float, in_double);
   }
 }
 
@@ -628,10 +633,7 @@ TEST_CASE("causal attention over several query blocks matches the reference and 
         dca::check_gradients([&](auto q, auto k, auto v) { return dca::attention(q, k, v, args); }, in.q, in.k, in.v));
     const auto in_double = run_case<double>(c, in, 103);
     const auto in_float = run_case<float>(c, in, 103);
-    CHECK(dca::test::max_relative_difference(in_float.out.span(), in_double.out.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dq.span(), in_double.dq.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dk.span(), in_double.dk.span()) < 1e-5);
-    CHECK(dca::test::max_relative_difference(in_float.dv.span(), in_double.dv.span()) < 1e-5);
+    check_float_agrees_with_double(in_float, in_double);
   }
 }
 
