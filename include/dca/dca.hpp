@@ -30,6 +30,8 @@
 #include "dca/coproc/trainer.hpp"
 #include "dca/coproc/session.hpp"
 #include "dca/experiment/arithmetic.hpp"
+#include "dca/experiment/compute.hpp"
 #include "dca/experiment/csv.hpp"
+#include "dca/experiment/evaluation.hpp"
 #include "dca/experiment/stats.hpp"
 #include "dca/experiment/svg.hpp"

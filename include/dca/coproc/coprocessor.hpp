@@ -99,6 +99,14 @@ class Coprocessor {
   }
 
   const CoprocessorConfig& config() const { return config_; }
+
+  /// Changes the horizon N_A of the loss, e.g. to evaluate a coprocessor trained with N_A = 16 on
+  /// the n-th token for n up to 32 (paper, Table 1). No weight depends on N_A.
+  void set_n_ahead(index_t n_ahead) {
+    CoprocessorConfig changed = config_;
+    changed.n_ahead = n_ahead;
+    config_ = validated(changed);
+  }
   Decoder<T>& model() { return model_; }
   Parameter<T>& soft_tokens() { return soft_tokens_; }
   const Objective& objective() const { return objective_; }
