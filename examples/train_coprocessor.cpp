@@ -30,6 +30,7 @@ struct Options {
   dca::CoprocessorConfig coprocessor;
   dca::CoprocessorTrainerConfig run;
   index_t eval_batches = 8, eval_points = 16;
+  double decay = 1.0;  // ahead-token weights ∝ decay^(n−1): 1 is the paper's uniform mean
   std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
   int threads = 2;
 };
@@ -54,13 +55,13 @@ void print_table(const dca::AheadEvaluation& before, const dca::AheadEvaluation&
               after.mean_augmented(), 100.0 * (after.mean_augmented() / after.mean_baseline() - 1));
 }
 
-template <index_t NumLatents>
-int run(const Options& o) {
+template <index_t NumLatents, dca::AheadObjective Objective>
+int run(const Options& o, Objective objective) {
   dca::set_num_threads(o.threads);
   const auto corpus = load_corpus(o);
   auto decoder = dca::load_hf_decoder<float>(o.decoder_dir);
   decoder.freeze();
-  dca::Coprocessor<float, NumLatents> coprocessor(decoder, o.coprocessor);
+  dca::Coprocessor<float, NumLatents, Objective> coprocessor(decoder, o.coprocessor, objective);
   dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
   index_t trainable = 0;
   for (auto* p : coprocessor.parameters()) trainable += p->numel();
@@ -90,6 +91,19 @@ int run(const Options& o) {
   return 0;
 }
 
+template <dca::AheadObjective Objective>
+int with_latents(const Options& o, Objective objective) {
+  switch (o.latents) {  // N_L is a compile-time constant of the coprocessor
+    case 1: return run<1>(o, objective);
+    case 2: return run<2>(o, objective);
+    case 4: return run<4>(o, objective);
+    case 8: return run<8>(o, objective);
+    case 16: return run<16>(o, objective);
+    case 32: return run<32>(o, objective);
+    default: throw dca::UsageError("--latents must be 1, 2, 4, 8, 16 or 32");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,6 +117,8 @@ int main(int argc, char** argv) {
   app.add_option("--latents", o.latents, "N_L latents: 1, 2, 4, 8, 16 or 32")->capture_default_str();
   app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")->capture_default_str();
   app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
+  app.add_option("--decay", o.decay, "ahead-token loss weights ∝ decay^(n−1) (GeometricAhead); 1: uniform mean")
+      ->capture_default_str();
   app.add_option("--latent-form", form, "residual, normed or final-hidden")->capture_default_str();
   app.add_option("--positions", positions, "insertion-point or shifted")->capture_default_str();
   app.add_option("--soft-rule", rule, "causal or bidirectional soft tokens")->capture_default_str();
@@ -140,15 +156,9 @@ int main(int argc, char** argv) {
     o.coprocessor.source = pause ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
     o.coprocessor.init_from_decoder = !random_init;
     if (app.count("--warmup") == 0) o.run.warmup_steps = std::min(o.run.warmup_steps, o.run.total_steps / 10);
-    switch (o.latents) {  // N_L is a compile-time constant of the coprocessor
-      case 1: return run<1>(o);
-      case 2: return run<2>(o);
-      case 4: return run<4>(o);
-      case 8: return run<8>(o);
-      case 16: return run<16>(o);
-      case 32: return run<32>(o);
-      default: throw dca::UsageError("--latents must be 1, 2, 4, 8, 16 or 32");
-    }
+    if (!(o.decay > 0 && o.decay <= 1)) throw dca::UsageError("--decay must lie in (0, 1]");
+    if (o.decay == 1.0) return with_latents(o, dca::UniformAhead{});
+    return with_latents(o, dca::GeometricAhead{o.decay});
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\ntrain_coprocessor: %s\n", e.what());
     return 1;
