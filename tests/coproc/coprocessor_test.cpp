@@ -222,6 +222,37 @@ TEST_CASE("inference latents equal the latents the training path computes for th
   CHECK(n1.item() == doctest::Approx(training.per_position[0]).epsilon(1e-12));
 }
 
+TEST_CASE("latents read from the tokens equal the training path's, for the cache input and the last-layer ablation") {
+  const auto config = presets()[2];
+  dca::Decoder<double> decoder(config, 8);
+  decoder.freeze();
+  const auto ids = tokens(10, 9);
+  const auto prefix_ids = std::span<const index_t>(ids).first(6);
+  for (const auto input : {dca::CoprocessorInput::kv_cache, dca::CoprocessorInput::last_layer}) {
+    CAPTURE(static_cast<int>(input));
+    CoprocessorConfig c;
+    c.n_ahead = 2;
+    c.input = input;
+    c.latent_form = dca::LatentForm::normed;  // the latents are the coprocessor's output itself
+    Cop<2> coprocessor(decoder, c);
+    dca::Tape<double> tape;
+    const auto z = coprocessor.latents(tape, decoder, prefix_ids);
+    const auto training = coprocessor.loss(tape, decoder, ids, dca::AugmentationPlan::given(1, 10, 2, {5}));
+    dca::KVCache<double> cache(config, 16);
+    cache.append_tokens(tape, decoder, prefix_ids);
+    if (input == dca::CoprocessorInput::kv_cache) {
+      const auto from_cache = coprocessor.latents(tape, decoder, cache.prefix(5), ids[5]);
+      CHECK(dca::test::max_relative_difference(from_cache.value().span(), z.value().span()) < 1e-13);
+    } else {
+      CHECK_THROWS_WITH_AS(coprocessor.latents(tape, decoder, cache.prefix(5), ids[5]),
+                           doctest::Contains("pass the tokens"), dca::UsageError);
+    }
+    const auto latent_logits = cache.insert_latents(tape, decoder, z, 5).logits;
+    const auto n1 = dca::cross_entropy(dca::slice_rows(latent_logits, 1, 1), std::vector<index_t>{ids[6]});
+    CHECK(n1.item() == doctest::Approx(training.per_position[0]).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("the objective weights the ahead positions, and per-position losses are always reported") {
   const auto config = presets()[1];
   dca::Decoder<double> decoder(config, 5);

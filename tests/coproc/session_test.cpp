@@ -110,6 +110,32 @@ TEST_CASE("synchronous augmentation after the prompt equals inserting the coproc
   CHECK(session.cache().kind(prompt.size()) == dca::SlotKind::latent);
 }
 
+TEST_CASE("a last-layer coprocessor augments a session by reading the tokens in its cache") {
+  dca::Decoder<double> decoder(small_llama(), 2);
+  decoder.freeze();
+  dca::CoprocessorConfig c;
+  c.n_ahead = 2;
+  c.input = dca::CoprocessorInput::last_layer;
+  c.latent_form = dca::LatentForm::normed;
+  dca::Coprocessor<double, 2> coprocessor(decoder, c);
+  const auto prompt = prompt_tokens();
+  dca::AugmentedSession session(decoder, &coprocessor, 64);
+  const auto augmented = session.generate(prompt, greedy(10));
+  CHECK(augmented.insertions == std::vector<index_t>{0});
+
+  dca::KVCache<double> cache(decoder.config(), 64);
+  dca::Tape<double> tape;
+  cache.append_tokens(tape, decoder, prompt);
+  const auto z = coprocessor.latents(tape, decoder, std::span<const index_t>(prompt));
+  const auto latent_logits = cache.insert_latents(tape, decoder, z, cache.size() - 1).logits;
+  const auto by_hand = dca::generate_from(tape, decoder, cache, dca::detail::last_row(latent_logits), greedy(10));
+  CHECK(augmented.result.tokens == by_hand.tokens);
+
+  // Later augmentations read the prompt and the generated tokens, asynchronously too.
+  const auto late = session.generate(prompt, greedy(12), {.after_prompt = true, .every = 5, .asynchronous = true, .delay = 2});
+  CHECK(late.insertions == std::vector<index_t>{2, 7});
+}
+
 TEST_CASE("asynchronous latents inserted a fixed number of tokens late equal their synchronous emulation, run after run") {
   dca::Decoder<double> decoder(small_llama(), 3);
   decoder.freeze();

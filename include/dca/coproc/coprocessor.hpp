@@ -126,9 +126,13 @@ class Coprocessor {
 
   /// The latents for one insertion after the last slot of `prefix` (inference): z [N_L, d].
   /// `insertion_token` is the token at that slot (the residual form starts from its embedding).
+  /// Needs the kv_cache input: a cache keeps keys and values, not the last-layer activations.
   Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, const KVPrefix<T>& prefix, index_t insertion_token) {
     check_decoder(decoder, false);
     if (prefix.size() < 1) detail::fail<UsageError>("Coprocessor::latents: the cache prefix is empty");
+    if (config_.input != CoprocessorInput::kv_cache)
+      detail::fail<UsageError>("Coprocessor::latents: a last-layer coprocessor reads activations a cache does not keep; "
+                               "pass the tokens instead");
     std::vector<ConstantKV<T>> caches;
     for (index_t l = 0; l < prefix.n_layers(); ++l) caches.push_back(prefix.layer(l));
     const AttentionGroup group{0, NumLatents, 0, NumLatents, 0, prefix.size()};
@@ -136,6 +140,27 @@ class Coprocessor {
     const std::vector<index_t> tokens = {insertion_token};
     return compute_latents(tape, decoder, caches, std::span<const AttentionGroup>(&group, 1),
                            std::vector<index_t>{t_position}, tokens, {});
+  }
+
+  /// The latents for one insertion after `tokens` (inference), running the decoder over them first:
+  /// z [N_L, d]. Works for either input, and is how the last-layer ablation runs at inference.
+  Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> tokens) {
+    check_decoder(decoder, false);
+    if (tokens.empty()) detail::fail<UsageError>("Coprocessor::latents: no tokens to read");
+    const auto n = static_cast<index_t>(tokens.size());
+    DecoderInput<T> in;
+    in.ids = tokens;
+    in.keep_keys_values = true;
+    in.compute_logits = false;
+    const DecoderOutput<T> out = decoder.forward(tape, in);
+    auto* positions = tape.template allocate<index_t>(n);
+    for (index_t i = 0; i < n; ++i) positions[i] = i;
+    std::vector<ConstantKV<T>> caches;
+    for (std::size_t l = 0; l < out.keys.size(); ++l)
+      caches.push_back({out.keys[l].value(), out.values[l].value(), std::span<const index_t>(positions, static_cast<std::size_t>(n))});
+    const AttentionGroup group{0, NumLatents, 0, NumLatents, 0, n};
+    return compute_latents(tape, decoder, caches, std::span<const AttentionGroup>(&group, 1), std::vector<index_t>{n - 1},
+                           std::vector<index_t>{tokens.back()}, out.residual);
   }
 
   /// The structured training loss of a batch: ids [B·T], augmented at `plan`'s points.
@@ -361,7 +386,7 @@ class Coprocessor {
   Var<T> last_layer_latents(Tape<T>& tape, std::span<const AttentionGroup> groups, const std::vector<index_t>& t_positions,
                             const Var<T>& soft, const Var<T>& decoder_residual) {
     if (decoder_residual.empty())
-      detail::fail<UsageError>("Coprocessor: the last_layer input needs the decoder's activations (training path)");
+      detail::fail<UsageError>("Coprocessor: the last_layer input needs the decoder's activations (training path, or latents from tokens)");
     std::vector<Var<T>> parts;
     std::vector<AttentionGroup> sequence_groups;
     std::vector<index_t> positions;

@@ -75,12 +75,14 @@ class AugmentedSession {
     const Var<T> prompt_logits = cache_.append_tokens(tape, decoder_, prompt);
     std::span<const T> logits = detail::last_row(prompt_logits);
     last_token_ = prompt.back();
+    tokens_.assign(prompt.begin(), prompt.end());
     if (schedule.after_prompt) logits = augment(tape, schedule, logits, 0, out);
     // Reading the logits before decode resets the tape keeps them valid: decode samples first.
     out.result = detail::decode<T>(
         tape, decoder_, cache_, logits, config,
         [&](index_t token) {
           last_token_ = token;
+          tokens_.push_back(token);
           return !on_token || on_token(token);
         },
         [&](std::span<const T> token_logits, index_t generated) {
@@ -106,16 +108,23 @@ class AugmentedSession {
     if (!coprocessor_) return logits;
     const KVPrefix<T> prefix = cache_.prefix(cache_.size() - 1);
     const index_t token = last_token_;
-    if (!schedule.asynchronous) {
-      const Var<T> z = coprocessor_->latents(tape, decoder_, prefix, token);
-      return insert(tape, Tensor<T>(z.value()), logits, generated, out);
-    }
+    // A last-layer coprocessor reads activations the cache does not keep: it recomputes them over
+    // the tokens in the cache (earlier latents are not among them).
+    const bool from_tokens = coprocessor_->config().input == CoprocessorInput::last_layer;
+    const auto token_slots = std::min(tokens_.size(), static_cast<std::size_t>(cache_.size()) - NumLatents * out.insertions.size());
+    std::vector<index_t> tokens = from_tokens ? std::vector<index_t>(tokens_.begin(), tokens_.begin() + token_slots)
+                                              : std::vector<index_t>{};
+    const auto compute = [this, prefix, token, tokens = std::move(tokens)](Tape<T>& on) {
+      return Tensor<T>((tokens.empty() ? coprocessor_->latents(on, decoder_, prefix, token)
+                                       : coprocessor_->latents(on, decoder_, std::span<const index_t>(tokens))).value());
+    };
+    if (!schedule.asynchronous) return insert(tape, compute(tape), logits, generated, out);
     if (pending_) return logits;  // one augmentation in flight at a time
     pending_ = Pending{std::async(std::launch::async,
-                                  [this, prefix, token] {
+                                  [compute = std::move(compute)] {
                                     Tape<T> worker_tape;
                                     NoGradGuard<T> no_grad(worker_tape);
-                                    return Tensor<T>(coprocessor_->latents(worker_tape, decoder_, prefix, token).value());
+                                    return compute(worker_tape);
                                   }),
                        generated};
     return logits;
@@ -150,6 +159,7 @@ class AugmentedSession {
   KVCache<T> cache_;
   std::optional<Pending> pending_;
   index_t last_token_ = 0;
+  std::vector<index_t> tokens_;  // the prompt and every generated token, in order
 };
 
 }  // namespace dca
