@@ -4,6 +4,7 @@
 //   ./build/examples/pretrain                                  # once: writes runs/pretrain/model
 //   ./build/examples/train_coprocessor                         # N_L = 16, N_A = 16, K = 16
 //   ./build/examples/train_coprocessor --latents 4 --steps 300 --lora-rank 8
+//   ./build/examples/train_coprocessor --latents 1 --decay 0.7      # nearer ahead tokens weigh more
 //   ./build/examples/train_coprocessor --help                  # every option
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
