@@ -155,6 +155,7 @@ Profile smoke_profile() {
 struct Variant {
   std::string id;     // file-safe, unique
   std::string label;  // for tables
+  std::string bar;    // a short label under a bar of the ablation chart
   index_t latents = 4;
   dca::CoprocessorConfig config;
   bool delays = false;  // also score asynchronous latents arriving late
@@ -455,7 +456,7 @@ void write_tables_and_plots(const Context& c, const Results& res, const fs::path
       ablation.row(v.label, v.latents, p.seeds[s], ppl_change(runs[s].augmented[0], runs[s].frozen[0]),
                    mean_change(runs[s], p.n_ahead), runs[s].accuracy);
     const auto m = over_seeds(runs, [&](const RunResult& r) { return mean_change(r, p.n_ahead); });
-    bars.push_back({v.label, m.mean, m.stddev});
+    bars.push_back({v.bar, m.mean, m.stddev});
   }
   ablation.write(c.out / "table3_ablations.csv");
   dca::CsvWriter delayed({"delay_tokens", "seed", "accuracy"});
@@ -481,7 +482,8 @@ void write_tables_and_plots(const Context& c, const Results& res, const fs::path
                            .log2_x = true,
                            .reference_lines = {{100 * res.frozen_accuracy, "frozen"}}};
   dca::write_line_chart(plots / "arithmetic.svg", acc, std::vector<dca::ChartSeries>{{"augmented", accuracy_points}});
-  dca::BarChartConfig bar{.title = "Mean perplexity change, n = 1.." + std::to_string(p.n_ahead) + ", N_L = " +
+  dca::BarChartConfig bar{.width = std::max(640.0, 90.0 * static_cast<double>(bars.size())),
+                          .title = "Mean perplexity change, n = 1.." + std::to_string(p.n_ahead) + ", N_L = " +
                                    std::to_string(p.ablation_latents) + " (mean ± std over seeds)",
                           .x_label = "variant",
                           .y_label = "perplexity change vs frozen (%)",
@@ -716,23 +718,25 @@ std::vector<Variant> ablation_variants(const Profile& p) {
   dca::CoprocessorConfig base;
   base.n_ahead = p.n_ahead;
   std::vector<Variant> out;
-  out.push_back({"nl" + std::to_string(nl), "coprocessor (default)", nl, base, true});
-  Variant pause{"pause-nl" + std::to_string(nl), "pause tokens", nl, base, false};
+  out.push_back({"nl" + std::to_string(nl), "coprocessor (default)", "default", nl, base, true});
+  Variant pause{"pause-nl" + std::to_string(nl), "pause tokens", "pause", nl, base, false};
   pause.config.source = dca::LatentSource::pause;
   out.push_back(pause);
-  Variant random{"random-init-nl" + std::to_string(nl), "random-init coprocessor", nl, base, false};
+  Variant random{"random-init-nl" + std::to_string(nl), "random-init coprocessor", "random init", nl, base, false};
   random.config.init_from_decoder = false;
   out.push_back(random);
   for (const index_t r : p.lora_ranks) {
-    Variant lora{"lora" + std::to_string(r) + "-nl" + std::to_string(nl), "LoRA rank " + std::to_string(r), nl, base, false};
+    Variant lora{"lora" + std::to_string(r) + "-nl" + std::to_string(nl), "LoRA rank " + std::to_string(r),
+                 "LoRA " + std::to_string(r), nl, base, false};
     lora.config.lora_rank = r;
     out.push_back(lora);
   }
-  Variant last{"last-layer-nl" + std::to_string(nl), "last-layer activations", nl, base, false};
+  Variant last{"last-layer-nl" + std::to_string(nl), "last-layer activations", "last layer", nl, base, false};
   last.config.input = dca::CoprocessorInput::last_layer;
   out.push_back(last);
   for (const index_t a : p.ahead_sweep) {
-    Variant ahead{"na" + std::to_string(a) + "-nl" + std::to_string(nl), "N_A = " + std::to_string(a), nl, base, false};
+    Variant ahead{"na" + std::to_string(a) + "-nl" + std::to_string(nl), "N_A = " + std::to_string(a),
+                  "N_A=" + std::to_string(a), nl, base, false};
     ahead.config.n_ahead = a;
     out.push_back(ahead);
   }
@@ -810,7 +814,7 @@ int main(int argc, char** argv) {
     dca::CoprocessorConfig base;
     base.n_ahead = p.n_ahead;
     for (const index_t nl : p.latent_counts)
-      for (const auto seed : p.seeds) plan.push_back({{"nl" + std::to_string(nl), "coprocessor", nl, base, nl == p.ablation_latents}, seed});
+      for (const auto seed : p.seeds) plan.push_back({{"nl" + std::to_string(nl), "coprocessor", "default", nl, base, nl == p.ablation_latents}, seed});
     const std::vector<Variant> ablations = ablation_variants(p);
     for (const Variant& v : ablations)
       if (v.id != ablations.front().id || std::find(p.latent_counts.begin(), p.latent_counts.end(), v.latents) == p.latent_counts.end())
