@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 using dca::index_t;
@@ -45,9 +46,9 @@ std::vector<index_t> emulate(C& coprocessor, dca::Decoder<double>& decoder, inde
   auto logits = dca::Tensor<double>(cache.append_tokens(tape, decoder, prompt).value());
   std::vector<double> next(logits.span().end() - 13, logits.span().end());
   std::vector<index_t> out;
-  std::optional<std::pair<dca::Tensor<double>, index_t>> pending;  // latents and their point
+  std::optional<std::tuple<dca::Tensor<double>, index_t, index_t>> pending;  // latents, their point, its token
   auto request = [&](index_t generated, index_t token) {
-    if (!pending) pending = std::pair{latents_for(coprocessor, decoder, cache, token), generated};
+    if (!pending) pending = std::tuple{latents_for(coprocessor, decoder, cache, token), generated, token};
   };
   request(0, prompt.back());
   while (static_cast<index_t>(out.size()) < n_tokens) {
@@ -58,8 +59,13 @@ std::vector<index_t> emulate(C& coprocessor, dca::Decoder<double>& decoder, inde
     const auto row = cache.append_tokens(tape, decoder, std::vector<index_t>{token});
     next.assign(row.value().span().begin(), row.value().span().end());
     const auto generated = static_cast<index_t>(out.size());
-    if (pending && generated - pending->second >= delay) {
-      const auto z = pending->first;
+    if (pending && generated - std::get<1>(*pending) >= delay) {
+      auto z = std::get<0>(*pending);
+      if (coprocessor.config().latent_form == dca::LatentForm::residual) {  // rebased onto the token they follow
+        const auto& e = decoder.token_embedding().value();
+        for (index_t i = 0; i < z.rows(); ++i)
+          for (index_t c = 0; c < z.cols(); ++c) z(i, c) += e(token, c) - e(std::get<2>(*pending), c);
+      }
       pending.reset();
       const auto latent = cache.insert_latents(tape, decoder, tape.constant(z), cache.size() - 1).logits;
       next.assign(latent.value().span().end() - 13, latent.value().span().end());
@@ -156,6 +162,22 @@ TEST_CASE("asynchronous latents inserted a fixed number of tokens late equal the
         CHECK(out.insertions.front() == delay);
       }
     }
+}
+
+TEST_CASE("late residual latents are rebased onto the token they follow, their correction kept") {
+  dca::Decoder<double> decoder(small_llama(), 3);
+  decoder.freeze();
+  dca::Coprocessor<double, 2> coprocessor(decoder, {.n_ahead = 2});  // residual latents (the default)
+  for (dca::Parameter<double>* p : coprocessor.parameters())
+    if (p->name() == "coprocessor.latent_projection.weight") p->value() = dca::test::random_tensor(p->value().shape(), 5, -0.3, 0.3);
+  for (index_t delay : {1, 3}) {
+    CAPTURE(delay);
+    const auto expected = emulate(coprocessor, decoder, 16, delay, 6);
+    dca::AugmentedSession session(decoder, &coprocessor, 128);
+    const auto out = session.generate(prompt_tokens(), greedy(16),
+                                      {.after_prompt = true, .every = 6, .asynchronous = true, .delay = delay});
+    CHECK(out.result.tokens == expected);
+  }
 }
 
 TEST_CASE("asynchronous latents without a delay are inserted when they arrive") {

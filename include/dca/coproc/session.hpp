@@ -98,7 +98,8 @@ class AugmentedSession {
  private:
   struct Pending {
     std::future<Tensor<T>> latents;
-    index_t point = 0;  // generated tokens when the augmentation was requested
+    index_t point = 0;       // generated tokens when the augmentation was requested
+    index_t base_token = 0;  // the token the latents were computed after
   };
 
   // Starts an augmentation at the current end of the cache: synchronously (inserting at once and
@@ -118,7 +119,7 @@ class AugmentedSession {
       return Tensor<T>((tokens.empty() ? coprocessor_->latents(on, decoder_, prefix, token)
                                        : coprocessor_->latents(on, decoder_, std::span<const index_t>(tokens))).value());
     };
-    if (!schedule.asynchronous) return insert(tape, compute(tape), logits, generated, out);
+    if (!schedule.asynchronous) return insert(tape, compute(tape), token, logits, generated, out);
     if (pending_) return logits;  // one augmentation in flight at a time
     pending_ = Pending{std::async(std::launch::async,
                                   [compute = std::move(compute)] {
@@ -126,7 +127,7 @@ class AugmentedSession {
                                     NoGradGuard<T> no_grad(worker_tape);
                                     return compute(worker_tape);
                                   }),
-                       generated};
+                       generated, token};
     return logits;
   }
 
@@ -138,15 +139,24 @@ class AugmentedSession {
                                         : pending_->latents.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
     if (!due) return logits;
     Tensor<T> z = pending_->latents.get();
+    const index_t base_token = pending_->base_token;
     pending_.reset();
-    return insert(tape, z, logits, generated, out);
+    return insert(tape, z, base_token, logits, generated, out);
   }
 
-  std::span<const T> insert(Tape<T>& tape, const Tensor<T>& z, std::span<const T> logits, index_t generated,
+  // Inserts latents after the last slot. Residual latents are the embedding of the token they
+  // follow plus a correction; arriving late, they follow a newer token, so their base moves to it
+  // (the correction, computed from the older prefix, stays).
+  std::span<const T> insert(Tape<T>& tape, Tensor<T> z, index_t base_token, std::span<const T> logits, index_t generated,
                             AugmentedGeneration& out) {
     if (cache_.size() + NumLatents > cache_.capacity()) {
       ++out.skipped;
       return logits;
+    }
+    if (coprocessor_->config().latent_form == LatentForm::residual && base_token != last_token_) {
+      const Tensor<T>& embeddings = decoder_.token_embedding().value();
+      for (index_t i = 0; i < NumLatents; ++i)
+        for (index_t c = 0; c < z.cols(); ++c) z(i, c) += embeddings(last_token_, c) - embeddings(base_token, c);
     }
     const auto latent_out = cache_.insert_latents(tape, decoder_, tape.constant(z), cache_.size() - 1,
                                                   coprocessor_->config().positions);
