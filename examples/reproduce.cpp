@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -81,15 +82,15 @@ Profile quick_profile() {
   p.decoder = dca::DecoderConfig::llama(256, 64, 2, 2, 2, 192);
   p.pretrain.batch_size = 16;
   p.pretrain.seq_len = 96;
-  p.pretrain.total_steps = 1500;
+  p.pretrain.total_steps = 1000;
   p.pretrain.warmup_steps = 100;
   p.arithmetic_bytes = 1 << 20;
   p.arithmetic = task();
   p.coprocessor.batch_size = 4;
   p.coprocessor.seq_len = 96;
   p.coprocessor.points_per_sequence = 8;
-  p.coprocessor.total_steps = 100;
-  p.coprocessor.warmup_steps = 10;
+  p.coprocessor.total_steps = 60;
+  p.coprocessor.warmup_steps = 6;
   p.latent_counts = {1, 4, 16};
   p.ablation_latents = 4;
   p.lora_ranks = {4, 16};
@@ -784,6 +785,7 @@ int main(int argc, char** argv) {
     }
     dca::write_text_atomically(settings, fingerprint(p));
     std::string command = "./build/examples/reproduce";
+    if (const char* wait = std::getenv("OMP_WAIT_POLICY")) command = "OMP_WAIT_POLICY=" + std::string(wait) + " " + command;
     for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
 
     dca::CorpusMixture text, mixture;
