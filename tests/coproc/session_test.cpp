@@ -164,7 +164,7 @@ TEST_CASE("asynchronous latents inserted a fixed number of tokens late equal the
     }
 }
 
-TEST_CASE("late residual latents are rebased onto the token they follow, their correction kept") {
+TEST_CASE("asynchronous residual latents arriving late are rebased onto the token they follow, their correction kept") {
   dca::Decoder<double> decoder(small_llama(), 3);
   decoder.freeze();
   dca::Coprocessor<double, 2> coprocessor(decoder, {.n_ahead = 2});  // residual latents (the default)
