@@ -380,10 +380,16 @@ dca::MeanStd over_seeds(const std::vector<RunResult>& runs, const std::function<
   return dca::mean_std(v);
 }
 
+// Perplexity change (%) of the n-th token, n = i + 1: one run's, and its mean ± std over seeds.
+double change_at(const RunResult& r, std::size_t i) { return ppl_change(r.augmented[i], r.frozen[i]); }
+dca::MeanStd change_at(const std::vector<RunResult>& runs, std::size_t i) {
+  return over_seeds(runs, [i](const RunResult& r) { return change_at(r, i); });
+}
+
 // Mean perplexity change over n = 1..last.
 double mean_change(const RunResult& r, index_t last) {
   double s = 0;
-  for (index_t n = 0; n < last; ++n) s += ppl_change(r.augmented[static_cast<std::size_t>(n)], r.frozen[static_cast<std::size_t>(n)]);
+  for (index_t n = 0; n < last; ++n) s += change_at(r, static_cast<std::size_t>(n));
   return s / static_cast<double>(last);
 }
 
@@ -437,10 +443,10 @@ void write_tables_and_plots(const Context& c, const Results& res, const fs::path
     dca::ChartSeries curve{"N_L = " + std::to_string(latents), {}};
     for (index_t n = 1; n <= p.horizon; ++n) {
       const auto i = static_cast<std::size_t>(n - 1);
-      curve.points.push_back({static_cast<double>(n), over_seeds(runs, [&](const RunResult& r) { return ppl_change(r.augmented[i], r.frozen[i]); }).mean,
-                              over_seeds(runs, [&](const RunResult& r) { return ppl_change(r.augmented[i], r.frozen[i]); }).stddev});
+      const dca::MeanStd change = change_at(runs, i);
+      curve.points.push_back({static_cast<double>(n), change.mean, change.stddev});
       for (std::size_t s = 0; s < runs.size(); ++s)
-        ahead.row(latents, p.seeds[s], n, runs[s].frozen[i], runs[s].augmented[i], ppl_change(runs[s].augmented[i], runs[s].frozen[i]));
+        ahead.row(latents, p.seeds[s], n, runs[s].frozen[i], runs[s].augmented[i], change_at(runs[s], i));
     }
     curves.push_back(curve);
     for (std::size_t s = 0; s < runs.size(); ++s) arithmetic.row(latents, p.seeds[s], runs[s].accuracy);
@@ -454,7 +460,7 @@ void write_tables_and_plots(const Context& c, const Results& res, const fs::path
   std::vector<dca::ChartBar> bars;
   for (const auto& [v, runs] : res.ablations) {
     for (std::size_t s = 0; s < runs.size(); ++s)
-      ablation.row(v.label, v.latents, p.seeds[s], ppl_change(runs[s].augmented[0], runs[s].frozen[0]),
+      ablation.row(v.label, v.latents, p.seeds[s], change_at(runs[s], 0),
                    mean_change(runs[s], p.n_ahead), runs[s].accuracy);
     const auto m = over_seeds(runs, [&](const RunResult& r) { return mean_change(r, p.n_ahead); });
     bars.push_back({v.bar, m.mean, m.stddev});
@@ -545,7 +551,7 @@ std::string report(const Context& c, const Results& res, const std::string& comm
     md << "| " << latents << " |";
     for (const index_t n : shown) {
       const auto i = static_cast<std::size_t>(n - 1);
-      md << " " << pm(over_seeds(runs, [&](const RunResult& r) { return ppl_change(r.augmented[i], r.frozen[i]); }), 2) << " |";
+      md << " " << pm(change_at(runs, i), 2) << " |";
     }
     md << "\n";
   }
@@ -574,7 +580,7 @@ std::string report(const Context& c, const Results& res, const std::string& comm
   md << "| variant | n=1 perplexity change (%) | mean change n=1.." << p.n_ahead << " (%) | exact match (%) |\n";
   md << "| --- | --- | --- | --- |\n";
   for (const auto& [v, runs] : res.ablations) {
-    md << "| " << v.label << " | " << pm(over_seeds(runs, [](const RunResult& r) { return ppl_change(r.augmented[0], r.frozen[0]); }), 2)
+    md << "| " << v.label << " | " << pm(change_at(runs, 0), 2)
        << " | " << pm(over_seeds(runs, [&](const RunResult& r) { return mean_change(r, p.n_ahead); }), 2) << " | "
        << percent(over_seeds(runs, [](const RunResult& r) { return r.accuracy; })) << " |\n";
   }
@@ -621,11 +627,8 @@ std::string report(const Context& c, const Results& res, const std::string& comm
         "standard errors from zero.\n\n| finding | paper | here | reproduced |\n| --- | --- | --- | --- |\n";
   const index_t most = res.by_latents.rbegin()->first;
   const auto& most_runs = res.by_latents.rbegin()->second;
-  const auto n1 = over_seeds(most_runs, [](const RunResult& r) { return ppl_change(r.augmented[0], r.frozen[0]); });
-  const auto last = over_seeds(most_runs, [&](const RunResult& r) {
-    const auto i = static_cast<std::size_t>(p.horizon - 1);
-    return ppl_change(r.augmented[i], r.frozen[i]);
-  });
+  const auto n1 = change_at(most_runs, 0);
+  const auto last = change_at(most_runs, static_cast<std::size_t>(p.horizon - 1));
   const auto acc_gain = over_seeds(most_runs, [&](const RunResult& r) { return 100 * (r.accuracy - res.frozen_accuracy); });
   md << "| perplexity at n=1 falls (N_L = " << most << ") | −3.28 % (32 latents) | " << pm(n1, 2, " %") << " | "
      << verdict(n1, -1) << " |\n";
@@ -868,7 +871,7 @@ int main(int argc, char** argv) {
     for (const auto& [latents, runs] : res.by_latents) {
       std::printf("%5ld", static_cast<long>(latents));
       for (const std::size_t i : {std::size_t{0}, std::size_t{3}, std::size_t{15}})
-        std::printf(" %16s", pm(over_seeds(runs, [&](const RunResult& r) { return ppl_change(r.augmented[i], r.frozen[i]); }), 2).c_str());
+        std::printf(" %16s", pm(change_at(runs, i), 2).c_str());
       std::printf(" %18s\n", percent(over_seeds(runs, [](const RunResult& r) { return r.accuracy; })).c_str());
     }
     std::printf("%5s %16s %16s %16s %18.1f\n", "0", "", "", "", 100 * res.frozen_accuracy);

@@ -163,6 +163,16 @@ class Coprocessor {
                            std::vector<index_t>{tokens.back()}, out.residual);
   }
 
+  /// Residual latents z [N_L, d] computed after `from_token` but inserted after `to_token` (late,
+  /// asynchronous latents): their base embedding moves to the token they follow; the correction,
+  /// computed from the older prefix, stays. Other latent forms have no base and are left as they are.
+  void rebase_latents(Tensor<T>& z, Decoder<T>& decoder, index_t from_token, index_t to_token) const {
+    if (config_.latent_form != LatentForm::residual || from_token == to_token) return;
+    const Tensor<T>& embeddings = decoder.token_embedding().value();
+    for (index_t i = 0; i < z.rows(); ++i)
+      for (index_t c = 0; c < z.cols(); ++c) z(i, c) += embeddings(to_token, c) - embeddings(from_token, c);
+  }
+
   /// The structured training loss of a batch: ids [B·T], augmented at `plan`'s points.
   AugmentedLoss<T> loss(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> ids, const AugmentationPlan& plan) {
     check_decoder(decoder, true);

@@ -144,20 +144,15 @@ class AugmentedSession {
     return insert(tape, z, base_token, logits, generated, out);
   }
 
-  // Inserts latents after the last slot. Residual latents are the embedding of the token they
-  // follow plus a correction; arriving late, they follow a newer token, so their base moves to it
-  // (the correction, computed from the older prefix, stays).
+  // Inserts latents after the last slot; late residual latents are rebased onto the token they
+  // now follow (Coprocessor::rebase_latents).
   std::span<const T> insert(Tape<T>& tape, Tensor<T> z, index_t base_token, std::span<const T> logits, index_t generated,
                             AugmentedGeneration& out) {
     if (cache_.size() + NumLatents > cache_.capacity()) {
       ++out.skipped;
       return logits;
     }
-    if (coprocessor_->config().latent_form == LatentForm::residual && base_token != last_token_) {
-      const Tensor<T>& embeddings = decoder_.token_embedding().value();
-      for (index_t i = 0; i < NumLatents; ++i)
-        for (index_t c = 0; c < z.cols(); ++c) z(i, c) += embeddings(last_token_, c) - embeddings(base_token, c);
-    }
+    coprocessor_->rebase_latents(z, decoder_, base_token, last_token_);
     const auto latent_out = cache_.insert_latents(tape, decoder_, tape.constant(z), cache_.size() - 1,
                                                   coprocessor_->config().positions);
     out.insertions.push_back(generated);
