@@ -35,6 +35,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "context.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <vector>
@@ -189,4 +191,4 @@ BENCHMARK(BM_CoprocessorStepDense)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-BENCHMARK_MAIN();
+DCA_BENCHMARK_MAIN()

@@ -10,6 +10,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "context.hpp"
+
 #include <vector>
 
 namespace {
@@ -91,4 +93,4 @@ BENCHMARK(BM_DecodeCached)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::
 BENCHMARK(BM_DecodeRecompute)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_Generate)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+DCA_BENCHMARK_MAIN()

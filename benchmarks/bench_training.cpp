@@ -20,6 +20,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "context.hpp"
+
 #include <vector>
 
 namespace {
@@ -78,4 +80,4 @@ BENCHMARK(BM_TrainingStep)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-BENCHMARK_MAIN();
+DCA_BENCHMARK_MAIN()

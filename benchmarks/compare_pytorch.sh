@@ -3,6 +3,11 @@
 # (benchmarks/pytorch_training_step.py) side by side, on this machine, at both reference configs
 # with 1 and 2 threads. Builds bench_training in Release first.
 #
+# Both sides run the same BLAS kernels: dca picks OpenBLAS's kernel set for the CPU at run time
+# (include/dca/core/gemm.hpp), and PyTorch, which takes whatever OpenBLAS picks by itself (on a
+# CPU newer than the library, a generic fallback), gets the same set through OPENBLAS_CORETYPE.
+# The script prints the kernel set of each side.
+#
 #   benchmarks/compare_pytorch.sh                 # build dir: build-bench, 3 rounds
 #   BUILD_DIR=build ROUNDS=5 QUIET_WAIT=600 benchmarks/compare_pytorch.sh
 #
@@ -55,11 +60,24 @@ if "$python" -c "import torch" 2>/dev/null; then have_torch=1; fi
 torch_blas=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/openblas-openmp
 [ -e "$torch_blas/libblas.so.3" ] || torch_blas=""
 
+# dca's GEMM path and OpenBLAS kernel set.
+dca_gemm=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 1p)
+dca_core=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 2p)
+torch_env=(LD_LIBRARY_PATH="$torch_blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+[ -n "$dca_core" ] && torch_env+=(OPENBLAS_CORETYPE="$dca_core")
+torch_core="-"
+if [ "$have_torch" = 1 ]; then
+  torch_core=$(env "${torch_env[@]}" "$python" "$root/benchmarks/pytorch_training_step.py" --config tiny --threads 1 \
+               --steps 1 | sed -n 's/^# torch .*, kernels \(.*\)$/\1/p')
+fi
+
 configs=("tiny 2/4/128/64/96/16" "small 4/4/256/128/256/8")
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
 echo "# $(uname -n): $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load:$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# dca GEMMs: $dca_gemm"
+echo "# BLAS kernels: dca ${dca_core:-none (Eigen)}, PyTorch $torch_core"
 for round in $(seq "$rounds"); do
   for config in "${configs[@]}"; do
     name=${config%% *}
@@ -76,7 +94,7 @@ for round in $(seq "$rounds"); do
       torch_tokens=nan
       if [ "$have_torch" = 1 ]; then
         torch_busy=$(wait_for_quiet)
-        torch_tokens=$(LD_LIBRARY_PATH=$torch_blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        torch_tokens=$(env "${torch_env[@]}" \
                        "$python" "$root/benchmarks/pytorch_training_step.py" --config "$name" --threads "$threads" \
                        --steps 10 | awk '/^pytorch/ {for (i = 1; i <= NF; ++i) if ($i == "tokens/s") print $(i + 1)}')
         busy="$busy/$torch_busy"

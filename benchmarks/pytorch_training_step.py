@@ -12,7 +12,8 @@ norms or embeddings), zero_grad. float32, random token ids and targets.
 Usage: [LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp] /usr/bin/python3 \
            benchmarks/pytorch_training_step.py [--threads 1 2] [--steps 20] [--config tiny small]
 Prints one line per (config, threads): median and best step time and tokens/s (median) and the
-GFLOP/s of bench_training.cpp's accounting. Debian's torch reaches OpenBLAS through libblas.so.3;
+GFLOP/s of bench_training.cpp's accounting, after a header naming the BLAS and its kernel set
+(OpenBLAS's core, which OPENBLAS_CORETYPE overrides). Debian's torch reaches OpenBLAS through libblas.so.3;
 the library path above selects the OpenMP flavour, PyTorch's fastest here (compare_pytorch.sh
 sets it), and the script sets OpenBLAS's thread count to --threads whichever flavour is loaded.
 """
@@ -91,6 +92,15 @@ def loaded_openblas():
     return None
 
 
+def openblas_core():
+    """OpenBLAS's kernel set in this process (OPENBLAS_CORETYPE chooses it), or None."""
+    if not loaded_openblas():
+        return None
+    corename = ctypes.CDLL(loaded_openblas()).openblas_get_corename
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
 def set_threads(threads):
     """torch.set_num_threads, and the same count for OpenBLAS: Debian's torch is built against a
     generic BLAS and does not tell OpenBLAS, whose pthread flavour would otherwise use every core."""
@@ -135,7 +145,7 @@ def main():
     parser.add_argument("--config", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
     torch.ones(2, 2) @ torch.ones(2, 2)  # loads the BLAS
-    print(f"# torch {torch.__version__}, BLAS {loaded_openblas() or 'not OpenBLAS'}")
+    print(f"# torch {torch.__version__}, BLAS {loaded_openblas() or 'not OpenBLAS'}, kernels {openblas_core() or '?'}")
     for name in args.config:
         for threads in args.threads:
             run(name, threads, args.steps)

@@ -65,6 +65,7 @@ struct FrozenModel {
 }  // namespace
 
 int main() {
+  std::printf("gemm: %s\n\n", dca::gemm_backend_summary().c_str());
   const std::vector<index_t> context = {3, 1, 4, 1, 5, 9, 2, 6};
   const std::vector<index_t> target = {7};  // a token the frozen model does not predict
 

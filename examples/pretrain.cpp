@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
                 architecture.c_str(), static_cast<long>(layers), static_cast<long>(dim), static_cast<long>(heads),
                 static_cast<long>(model.parameter_count()), static_cast<long>(run.total_steps),
                 static_cast<long>(run.batch_size), static_cast<long>(run.seq_len), threads);
+    std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
 
     std::filesystem::create_directories(out_dir);
     const auto checkpoint = std::filesystem::path(out_dir) / "checkpoint.safetensors";

@@ -772,6 +772,7 @@ int main(int argc, char** argv) {
     const auto wall = Clock::now();
     double fresh_work = 0;  // seconds of this invocation spent pretraining or on runs (counted separately)
     dca::set_num_threads(threads);
+    std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
     Context c;
     c.profile = smoke ? smoke_profile() : quick ? quick_profile() : full_profile();
     const Profile& p = c.profile;

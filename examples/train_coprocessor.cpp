@@ -71,6 +71,7 @@ int run(const Options& o, Objective objective) {
               o.decoder_dir.c_str(), static_cast<long>(decoder.parameter_count()), static_cast<long>(NumLatents),
               static_cast<long>(o.coprocessor.n_ahead), static_cast<long>(o.run.points_per_sequence),
               static_cast<long>(trainable));
+  std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
   const auto before = trainer.evaluate(o.eval_batches, o.eval_points);
   const auto start = Clock::now();
   double smoothed = 0;

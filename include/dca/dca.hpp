@@ -3,6 +3,7 @@
 
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
+#include "dca/core/gemm.hpp"
 #include "dca/core/random.hpp"
 #include "dca/tensor/shape.hpp"
 #include "dca/tensor/tensor.hpp"

@@ -44,7 +44,7 @@
 // its memory must stay valid and unchanged until the tape is reset (as with Tape::constant_view).
 //
 // Implementation: one task per (group, kv head), run in parallel with OpenMP; inside a task, the
-// H/Hkv query heads of that kv head run one after another with single-threaded Eigen GEMMs on
+// H/Hkv query heads of that kv head run one after another with single-threaded GEMMs on
 // strided head blocks (threading small per-head GEMMs makes them slower). Causal groups run in
 // blocks of 32 query rows that compute only the keys their rows may see, skipping the fully hidden
 // blocks above the diagonal (about half the work for self-attention). The probabilities P of
@@ -245,8 +245,8 @@ void attention_forward_head(const AttentionLayout<T>& layout, const AttentionVis
     const index_t keys = attention_keys_seen(group, layout.causal, r0 + rows), width = cc + keys;
     auto S = P.block(r0, 0, rows, width);
     const auto Qb = Q.middleRows(r0, rows);
-    if (cc > 0) S.leftCols(cc).noalias() = layout.scale * Qb * cache_k.transpose();
-    if (keys > 0) S.rightCols(keys).noalias() = layout.scale * Qb * K.topRows(keys).transpose();
+    if (cc > 0) gemm(S.leftCols(cc), Qb, cache_k.transpose(), layout.scale);
+    if (keys > 0) gemm(S.rightCols(keys), Qb, K.topRows(keys).transpose(), layout.scale);
     if (layout.softcap > 0) {
       const T cap = layout.softcap;
       if (capped) {
@@ -259,8 +259,8 @@ void attention_forward_head(const AttentionLayout<T>& layout, const AttentionVis
     }
     for (index_t i = r0; i < r0 + rows; ++i) attention_softmax_row(probs + i * n_keys, i, group, visibility);
     auto Ob = O.middleRows(r0, rows);
-    if (cc > 0) Ob.noalias() += S.leftCols(cc) * cache_v;
-    if (keys > 0) Ob.noalias() += S.rightCols(keys) * V.topRows(keys);
+    if (cc > 0) gemm_add(Ob, S.leftCols(cc), cache_v);
+    if (keys > 0) gemm_add(Ob, S.rightCols(keys), V.topRows(keys));
   }
 }
 
@@ -292,11 +292,11 @@ void attention_backward_head(const AttentionLayout<T>& layout, const AttentionGr
       auto dSb = dS.block(r0, 0, rows, width);
       const auto dOb = dO.middleRows(r0, rows);
       if (cc > 0) {
-        dSb.leftCols(cc).noalias() = dOb * cache_v.transpose();
+        gemm(dSb.leftCols(cc), dOb, cache_v.transpose());
         Tape<T>::count_gemm(stats, rows, cc, d);
       }
       if (keys > 0) {
-        dSb.rightCols(keys).noalias() = dOb * V.topRows(keys).transpose();
+        gemm(dSb.rightCols(keys), dOb, V.topRows(keys).transpose());
         Tape<T>::count_gemm(stats, rows, keys, d);
       }
       // Softmax backward dS = P⊙(dP − rowsum(dP⊙P)); rowsum(dP⊙P) = dO·(P·v) = dO·O is D wide, not n_keys.
@@ -309,11 +309,11 @@ void attention_backward_head(const AttentionLayout<T>& layout, const AttentionGr
       if (q.active()) {
         auto dQ = mutable_head_block(q.adjoint, q_cols, group.q_begin + r0, rows, head, d);
         if (cc > 0) {
-          dQ.noalias() += layout.scale * dSb.leftCols(cc) * cache_k;
+          gemm_add(dQ, dSb.leftCols(cc), cache_k, layout.scale);
           Tape<T>::count_gemm(stats, rows, d, cc);
         }
         if (keys > 0) {
-          dQ.noalias() += layout.scale * dSb.rightCols(keys) * K.topRows(keys);
+          gemm_add(dQ, dSb.rightCols(keys), K.topRows(keys), layout.scale);
           Tape<T>::count_gemm(stats, rows, d, keys);
         }
       }
@@ -326,13 +326,13 @@ void attention_backward_head(const AttentionLayout<T>& layout, const AttentionGr
     const index_t first = layout.causal ? std::clamp<index_t>(c0 - (kc - qc), 0, qc) : 0, rows = qc - first;
     if (rows == 0) continue;
     if (k.active()) {
-      mutable_head_block(k.adjoint, kv_cols, group.k_begin + c0, cols, kv_head, d).noalias() +=
-          layout.scale * dS.block(first, cc + c0, rows, cols).transpose() * Q.middleRows(first, rows);
+      gemm_add(mutable_head_block(k.adjoint, kv_cols, group.k_begin + c0, cols, kv_head, d),
+               dS.block(first, cc + c0, rows, cols).transpose(), Q.middleRows(first, rows), layout.scale);
       Tape<T>::count_gemm(stats, cols, d, rows);
     }
     if (v.active()) {
-      mutable_head_block(v.adjoint, kv_cols, group.k_begin + c0, cols, kv_head, d).noalias() +=
-          P.block(first, cc + c0, rows, cols).transpose() * dO.middleRows(first, rows);
+      gemm_add(mutable_head_block(v.adjoint, kv_cols, group.k_begin + c0, cols, kv_head, d),
+               P.block(first, cc + c0, rows, cols).transpose(), dO.middleRows(first, rows));
       Tape<T>::count_gemm(stats, cols, d, rows);
     }
   }

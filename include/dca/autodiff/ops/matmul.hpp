@@ -2,12 +2,13 @@
 // layer. These are the reference for the one pattern every op follows:
 //   1. validate shapes, with a message naming the op and the shapes;
 //   2. `tape.make_result(op, rows, cols, {inputs})`;
-//   3. compute the value with Eigen into `y.mutable_matrix()`;
+//   3. compute the value into `y.mutable_matrix()` (products through detail::gemm, see core/gemm.hpp);
 //   4. `tape.record(y, closure)`: the closure captures Operands and adds each *active* input's
 //      contribution; constant inputs are skipped, so a frozen weight costs no gradient GEMM.
 #pragma once
 
 #include "dca/autodiff/parallel.hpp"
+#include "dca/core/gemm.hpp"
 #include "dca/autodiff/tape.hpp"
 
 namespace dca {
@@ -51,26 +52,26 @@ Var<T> product(const char* op, const Var<T>& a, const Var<T>& b, bool trans_a, b
   auto A = a.matrix();
   auto B = b.matrix();
   auto Y = y.mutable_matrix();
-  if (!trans_a && !trans_b) Y.noalias() = A * B;
-  if (!trans_a && trans_b) Y.noalias() = A * B.transpose();
-  if (trans_a && !trans_b) Y.noalias() = A.transpose() * B;
-  if (trans_a && trans_b) Y.noalias() = A.transpose() * B.transpose();
+  if (!trans_a && !trans_b) gemm(Y, A, B);
+  if (!trans_a && trans_b) gemm(Y, A, B.transpose());
+  if (trans_a && !trans_b) gemm(Y, A.transpose(), B);
+  if (trans_a && trans_b) gemm(Y, A.transpose(), B.transpose());
   tape.record(y, [a = a.operand(), b = b.operand(), y = y.operand(), trans_a, trans_b, stats = &tape.stats()] {
     auto dY = y.adj();
     if (a.active()) {  // dA = dY·op(B)ᵀ, transposed back if A was used transposed
       auto dA = a.adj();
-      if (!trans_a && !trans_b) dA.noalias() += dY * b.val().transpose();
-      if (!trans_a && trans_b) dA.noalias() += dY * b.val();
-      if (trans_a && !trans_b) dA.noalias() += b.val() * dY.transpose();
-      if (trans_a && trans_b) dA.noalias() += b.val().transpose() * dY.transpose();
+      if (!trans_a && !trans_b) gemm_add(dA, dY, b.val().transpose());
+      if (!trans_a && trans_b) gemm_add(dA, dY, b.val());
+      if (trans_a && !trans_b) gemm_add(dA, b.val(), dY.transpose());
+      if (trans_a && trans_b) gemm_add(dA, b.val().transpose(), dY.transpose());
       Tape<T>::count_gemm(stats, a.rows, a.cols, y.cols);
     }
     if (b.active()) {  // dB = op(A)ᵀ·dY, transposed back if B was used transposed
       auto dB = b.adj();
-      if (!trans_a && !trans_b) dB.noalias() += a.val().transpose() * dY;
-      if (!trans_a && trans_b) dB.noalias() += dY.transpose() * a.val();
-      if (trans_a && !trans_b) dB.noalias() += a.val() * dY;
-      if (trans_a && trans_b) dB.noalias() += dY.transpose() * a.val().transpose();
+      if (!trans_a && !trans_b) gemm_add(dB, a.val().transpose(), dY);
+      if (!trans_a && trans_b) gemm_add(dB, dY.transpose(), a.val());
+      if (trans_a && !trans_b) gemm_add(dB, a.val(), dY);
+      if (trans_a && trans_b) gemm_add(dB, dY.transpose(), a.val().transpose());
       Tape<T>::count_gemm(stats, b.rows, b.cols, y.rows);
     }
   });
@@ -123,15 +124,15 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
   Var<T> y = tape.make_result("linear", x.rows(), w.rows(), {x, w, bias});
   auto Y = y.mutable_matrix();
   detail::fill_rows_with_bias(Y, bias.matrix());
-  Y.noalias() += x.matrix() * w.matrix().transpose();
+  detail::gemm_add(Y, x.matrix(), w.matrix().transpose());
   tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
     auto dY = y.adj();
     if (x.active()) {
-      x.adj().noalias() += dY * w.val();
+      detail::gemm_add(x.adj(), dY, w.val());
       Tape<T>::count_gemm(stats, x.rows, x.cols, w.rows);
     }
     if (w.active()) {
-      w.adj().noalias() += dY.transpose() * x.val();
+      detail::gemm_add(w.adj(), dY.transpose(), x.val());
       Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
     }
     if (b.active()) detail::add_bias_gradient(b, y);
@@ -154,15 +155,15 @@ Var<T> matmul(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
   Var<T> y = tape.make_result("matmul", x.rows(), w.cols(), {x, w, bias});
   auto Y = y.mutable_matrix();
   detail::fill_rows_with_bias(Y, bias.matrix());
-  Y.noalias() += x.matrix() * w.matrix();
+  detail::gemm_add(Y, x.matrix(), w.matrix());
   tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
     auto dY = y.adj();
     if (x.active()) {
-      x.adj().noalias() += dY * w.val().transpose();
+      detail::gemm_add(x.adj(), dY, w.val().transpose());
       Tape<T>::count_gemm(stats, x.rows, x.cols, w.cols);
     }
     if (w.active()) {
-      w.adj().noalias() += x.val().transpose() * dY;
+      detail::gemm_add(w.adj(), x.val().transpose(), dY);
       Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
     }
     if (b.active()) detail::add_bias_gradient(b, y);
@@ -192,19 +193,19 @@ Var<T> matmul_column_block(const Var<T>& x, const Var<T>& w, const Var<T>* bias,
   const auto W = w.matrix().middleCols(begin, count);
   if (bias) {
     fill_rows_with_bias<T>(Y, ConstMatrixMap<T>(bias->value().data() + begin, 1, count));
-    Y.noalias() += x.matrix() * W;
+    gemm_add(Y, x.matrix(), W);
   } else {
-    Y.noalias() = x.matrix() * W;
+    gemm(Y, x.matrix(), W);
   }
   const Operand<T> b = bias ? bias->operand() : Operand<T>{};
   tape.record(y, [x = x.operand(), w = w.operand(), b, y = y.operand(), begin, stats = &tape.stats()] {
     auto dY = y.adj();
     if (x.active()) {
-      x.adj().noalias() += dY * w.val().middleCols(begin, y.cols).transpose();
+      gemm_add(x.adj(), dY, w.val().middleCols(begin, y.cols).transpose());
       Tape<T>::count_gemm(stats, x.rows, x.cols, y.cols);
     }
     if (w.active()) {
-      w.adj().middleCols(begin, y.cols).noalias() += x.val().transpose() * dY;
+      gemm_add(w.adj().middleCols(begin, y.cols), x.val().transpose(), dY);
       Tape<T>::count_gemm(stats, w.rows, y.cols, x.rows);
     }
     if (b.active()) add_bias_gradient(Operand<T>{nullptr, b.adjoint + begin, 1, y.cols}, y);
