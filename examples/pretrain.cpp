@@ -11,7 +11,7 @@
 //   ./build/examples/pretrain --help               # every hyper-parameter
 #include <dca/cache/generate.hpp>
 #include <dca/dca.hpp>
-#include <dca/train/tokenizer.hpp>
+#include <dca/data/tokenizer.hpp>
 #include <dca/train/trainer.hpp>
 
 #include "progress.hpp"

@@ -5,7 +5,7 @@
 #include "dca/core/random.hpp"
 #include "dca/nn/config.hpp"
 #include "dca/tensor/tensor.hpp"
-#include "dca/train/corpus.hpp"
+#include "dca/data/corpus.hpp"
 
 #include <algorithm>
 #include <cmath>

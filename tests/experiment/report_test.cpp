@@ -1,7 +1,7 @@
 #include "dca/core/random.hpp"
-#include "dca/experiment/csv.hpp"
+#include "dca/io/csv.hpp"
 #include "dca/experiment/stats.hpp"
-#include "dca/experiment/svg.hpp"
+#include "dca/io/svg.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>

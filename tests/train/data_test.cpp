@@ -1,5 +1,5 @@
-#include "dca/train/corpus.hpp"
-#include "dca/train/tokenizer.hpp"
+#include "dca/data/corpus.hpp"
+#include "dca/data/tokenizer.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
@@ -146,9 +146,9 @@ TEST_CASE("TextSource reports missing, unreadable, non-gzip and truncated inputs
   TempDir dir;
   const fs::path missing = dir.path / "missing.txt";
   CHECK_THROWS_WITH_AS(dca::TextSource::from_file(missing),
-                       doctest::Contains(("'" + missing.string() + "' does not exist").c_str()), dca::IoError);
+                       doctest::Contains(("\"" + missing.string() + "\": No such file or directory").c_str()), dca::IoError);
   CHECK_THROWS_WITH_AS(dca::TextSource::from_file(dir.path),
-                       doctest::Contains(("'" + dir.path.string() + "' is not a regular file").c_str()), dca::IoError);
+                       doctest::Contains(("\"" + dir.path.string() + "\": not a regular file").c_str()), dca::IoError);
   CHECK_THROWS_WITH_AS(dca::TextSource::from_directory(missing), doctest::Contains(missing.c_str()), dca::IoError);
   CHECK_THROWS_WITH_AS(
       dca::TextSource::from_directory(dir.path, dca::skip_suffixes({".txt"})),

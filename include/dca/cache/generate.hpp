@@ -15,7 +15,7 @@
 
 #include "dca/cache/kv_cache.hpp"
 #include "dca/core/random.hpp"
-#include "dca/train/tokenizer.hpp"
+#include "dca/data/tokenizer.hpp"
 
 #include <algorithm>
 #include <cmath>

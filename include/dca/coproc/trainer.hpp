@@ -11,7 +11,7 @@
 
 #include "dca/coproc/coprocessor.hpp"
 #include "dca/train/checkpoint.hpp"
-#include "dca/train/corpus.hpp"
+#include "dca/data/corpus.hpp"
 #include "dca/train/schedule.hpp"
 
 #include <filesystem>

@@ -31,7 +31,7 @@
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
 #include "dca/core/random.hpp"
-#include "dca/train/corpus.hpp"
+#include "dca/data/corpus.hpp"
 
 #include <algorithm>
 #include <array>

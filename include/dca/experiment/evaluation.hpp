@@ -15,7 +15,7 @@
 
 #include "dca/coproc/session.hpp"
 #include "dca/experiment/arithmetic.hpp"
-#include "dca/train/tokenizer.hpp"
+#include "dca/data/tokenizer.hpp"
 
 #include <functional>
 #include <span>

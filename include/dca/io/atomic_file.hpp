@@ -39,25 +39,37 @@ struct FileDescriptor {
 
 }  // namespace detail
 
-/// The whole of a regular file. POSIX calls, so a failure (IoError) reports the OS's reason.
-inline std::vector<std::byte> read_file(const std::filesystem::path& path) {
-  const detail::FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (file.fd < 0) detail::fail<IoError>("cannot open ", path, ": ", detail::os_reason(errno));
+namespace detail {
+
+// The whole of a regular file in a container of one-byte elements (std::byte or char).
+template <class Bytes>
+Bytes read_whole_file(const std::filesystem::path& path) {
+  const FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) fail<IoError>("cannot open ", path, ": ", os_reason(errno));
   struct stat info {};
-  if (::fstat(file.fd, &info) != 0) detail::fail<IoError>("cannot inspect ", path, ": ", detail::os_reason(errno));
-  if (!S_ISREG(info.st_mode)) detail::fail<IoError>("cannot read ", path, ": not a regular file");
-  std::vector<std::byte> bytes(static_cast<std::size_t>(info.st_size));
+  if (::fstat(file.fd, &info) != 0) fail<IoError>("cannot inspect ", path, ": ", os_reason(errno));
+  if (!S_ISREG(info.st_mode)) fail<IoError>("cannot read ", path, ": not a regular file");
+  Bytes bytes(static_cast<std::size_t>(info.st_size), {});
   std::size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t got = ::read(file.fd, bytes.data() + done, bytes.size() - done);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) detail::fail<IoError>("cannot read ", path, ": ", detail::os_reason(errno));
-    if (got == 0)
-      detail::fail<IoError>("cannot read ", path, ": it shrank from ", bytes.size(), " to ", done, " bytes while being read");
+    if (got < 0) fail<IoError>("cannot read ", path, ": ", os_reason(errno));
+    if (got == 0) fail<IoError>("cannot read ", path, ": it shrank from ", bytes.size(), " to ", done, " bytes while being read");
     done += static_cast<std::size_t>(got);
   }
   return bytes;
 }
+
+}  // namespace detail
+
+/// The whole of a regular file. POSIX calls, so a failure (IoError) reports the OS's reason.
+inline std::vector<std::byte> read_file(const std::filesystem::path& path) {
+  return detail::read_whole_file<std::vector<std::byte>>(path);
+}
+
+/// The whole of a regular file as text (its bytes, unchanged); errors as `read_file`.
+inline std::string read_text_file(const std::filesystem::path& path) { return detail::read_whole_file<std::string>(path); }
 
 /// Writes `bytes` to a new temporary file beside `path`, flushes it to the device, then renames it
 /// over `path`: readers (and a machine restarted after a crash) see the old file or the complete new

@@ -12,7 +12,7 @@
 
 #include "dca/io/hf.hpp"
 #include "dca/train/checkpoint.hpp"
-#include "dca/train/corpus.hpp"
+#include "dca/data/corpus.hpp"
 #include "dca/train/optimizer.hpp"
 #include "dca/train/schedule.hpp"
 

@@ -1,4 +1,4 @@
-// dca/train/tokenizer.hpp — the byte-level tokenizer: token i < 256 is byte i, so any byte string
+// dca/data/tokenizer.hpp — the byte-level tokenizer: token i < 256 is byte i, so any byte string
 // (UTF-8 or not) round-trips and there is no unknown token. Named special tokens ("<|bos|>",
 // "<|eos|>", ...) get the ids after 255, in the order given.
 #pragma once

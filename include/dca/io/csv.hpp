@@ -1,4 +1,4 @@
-// dca/experiment/csv.hpp — experiment results as CSV files: RFC 4180 quoting, numbers printed so
+// dca/io/csv.hpp — experiment results as CSV files: RFC 4180 quoting, numbers printed so
 // that they read back exactly, files written atomically, and a reader for what the writer writes
 // (to regenerate tables and plots from saved results).
 //

@@ -1,4 +1,4 @@
-// dca/train/corpus.hpp — training text: byte corpora loaded from files, directories, gzip files
+// dca/data/corpus.hpp — training text: byte corpora loaded from files, directories, gzip files
 // or strings; each split into training and held-out validation text; mixed by weight; and a
 // seeded sampler of next-token batches whose tokens are bytes (ByteTokenizer ids 0..255).
 //
@@ -15,6 +15,7 @@
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
 #include "dca/core/random.hpp"
+#include "dca/io/atomic_file.hpp"
 
 #include <zlib.h>
 
@@ -24,7 +25,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <random>
@@ -36,25 +36,6 @@
 namespace dca {
 
 namespace detail {
-
-// The bytes of a regular file; `who` names the caller in errors.
-inline std::string read_file(const char* who, const std::filesystem::path& path) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  const fs::file_status status = fs::status(path, error);
-  if (status.type() == fs::file_type::not_found) fail<IoError>(who, ": '", path.string(), "' does not exist");
-  if (error) fail<IoError>(who, ": cannot access '", path.string(), "': ", error.message());
-  if (!fs::is_regular_file(status)) fail<IoError>(who, ": '", path.string(), "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail<IoError>(who, ": cannot open '", path.string(), "': ", std::strerror(errno));
-  const std::uintmax_t size = fs::file_size(path, error);
-  if (error) fail<IoError>(who, ": cannot get the size of '", path.string(), "': ", error.message());
-  std::string bytes(static_cast<std::size_t>(size), '\0');
-  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (in.gcount() != static_cast<std::streamsize>(bytes.size()))
-    fail<IoError>(who, ": reading '", path.string(), "' stopped after ", in.gcount(), " of ", size, " bytes");
-  return bytes;
-}
 
 // Throws for zlib's current error on `file`: IoError for a system error, FormatError otherwise.
 [[noreturn]] inline void fail_gzip(const std::filesystem::path& path, gzFile file) {
@@ -78,7 +59,7 @@ class TextSource {
 
   /// The bytes of one file, named by its path. IoError naming the path when it cannot be read.
   static TextSource from_file(const std::filesystem::path& path) {
-    return {path.string(), detail::read_file("TextSource::from_file", path)};
+    return {path.string(), read_text_file(path)};
   }
 
   /// Every regular file under `directory` (recursively, symbolic links followed) that `keep`
@@ -103,7 +84,7 @@ class TextSource {
                             keep ? " passes the filter" : "");
     std::sort(files.begin(), files.end());
     std::string bytes;
-    for (const fs::path& file : files) bytes += detail::read_file("TextSource::from_directory", file);
+    for (const fs::path& file : files) bytes += read_text_file(file);
     return {directory.string(), std::move(bytes)};
   }
 

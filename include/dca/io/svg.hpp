@@ -1,4 +1,4 @@
-// dca/experiment/svg.hpp — dependency-free SVG charts for experiment reports: a line chart of
+// dca/io/svg.hpp — dependency-free SVG charts for experiment reports: a line chart of
 // named series with error bars (optionally on a log2 x axis, for N_L = 1, 2, 4, 8, 16) and a bar
 // chart with error bars (for ablations), each with ticks, axis labels, a title and optional dashed
 // reference lines (a baseline, say).
