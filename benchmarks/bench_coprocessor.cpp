@@ -59,7 +59,9 @@ struct Setup {
   dca::AugmentationPlan plan;
 
   Setup(index_t k, index_t batch)
-      : decoder(dca::DecoderConfig::gpt2(vocab, width, layers, heads, context), 1),
+      : decoder(dca::DecoderConfig::gpt2(
+                    {.vocab = vocab, .dim = width, .layers = layers, .heads = heads, .max_positions = context}),
+                1),
         coprocessor(decoder, dca::CoprocessorConfig{.n_ahead = n_ahead}),
         ids(static_cast<std::size_t>(batch * context)) {
     decoder.freeze();

@@ -20,7 +20,10 @@ using dca::index_t;
 
 constexpr index_t layers = 4, heads = 4, width = 256, vocab = 256, context = 256;
 
-dca::DecoderConfig small_config() { return dca::DecoderConfig::gpt2(vocab, width, layers, heads, context); }
+dca::DecoderConfig small_config() {
+  return dca::DecoderConfig::gpt2(
+      {.vocab = vocab, .dim = width, .layers = layers, .heads = heads, .max_positions = context});
+}
 
 std::vector<index_t> random_ids(index_t n) {
   dca::Rng rng(2);

@@ -40,7 +40,8 @@ void BM_TrainingStep(benchmark::State& state) {
   const index_t layers = state.range(0), heads = state.range(1), d = state.range(2), t = state.range(3),
                 vocab = state.range(4), batch = state.range(5);
   dca::set_num_threads(static_cast<int>(state.range(6)));
-  dca::Decoder<float> model(dca::DecoderConfig::gpt2(vocab, d, layers, heads, t), 1);
+  dca::Decoder<float> model(
+      dca::DecoderConfig::gpt2({.vocab = vocab, .dim = d, .layers = layers, .heads = heads, .max_positions = t}), 1);
   dca::AdamW<float> optimizer(model.parameters(), dca::AdamWConfig{});
   dca::Rng rng(2);
   std::vector<index_t> ids(static_cast<std::size_t>(batch * t)), targets(ids.size());

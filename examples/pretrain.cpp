@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,7 +81,8 @@ int main(int argc, char** argv) {
   std::string out_dir = "runs/pretrain", prompt = "The meaning of ";
   bool resume = false;
 
-  app.add_option("--arch", architecture, "llama (rotary, RMSNorm, SwiGLU) or gpt2 (learned positions)")->capture_default_str();
+  app.add_option("--arch", architecture, "llama (rotary, RMSNorm, SwiGLU), qwen2, gemma2 or gpt2 (learned positions)")
+      ->capture_default_str();
   app.add_option("--layers", layers, "transformer blocks")->capture_default_str();
   app.add_option("--heads", heads, "attention heads")->capture_default_str();
   app.add_option("--dim", dim, "model width d")->capture_default_str();
@@ -132,9 +134,16 @@ int main(int argc, char** argv) {
                   static_cast<double>(corpus.split(s).bytes(dca::Split::train)) / 1e6,
                   static_cast<double>(corpus.split(s).bytes(dca::Split::validation)) / 1e6, corpus.weight(s));
 
-    dca::DecoderConfig config = architecture == "gpt2" ? dca::DecoderConfig::gpt2(256, dim, layers, heads, run.seq_len)
-                                                       : dca::DecoderConfig::llama(256, dim, layers, heads, heads, mlp);
-    if (architecture == "gpt2") config.intermediate_size = mlp;
+    const std::optional<dca::Architecture> family = dca::architecture_of_model_type(architecture);
+    if (!family) throw dca::UsageError("--arch must be gpt2, llama, qwen2 or gemma2, got '" + architecture + "'");
+    const dca::DecoderConfig config =
+        dca::DecoderConfig::preset(*family, {.vocab = 256,
+                                             .dim = dim,
+                                             .layers = layers,
+                                             .heads = heads,
+                                             .mlp = mlp,
+                                             // a learned position table as long as the sequences
+                                             .max_positions = *family == dca::Architecture::gpt2 ? run.seq_len : 1024});
     dca::Decoder<float> model(config, run.seed);
     std::printf("model %s: %ld layers, d=%ld, %ld heads, %ld parameters; %ld steps of %ld×%ld bytes, %d threads\n",
                 architecture.c_str(), static_cast<long>(layers), static_cast<long>(dim), static_cast<long>(heads),

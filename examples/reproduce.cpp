@@ -79,7 +79,7 @@ dca::ArithmeticConfig task() {
 Profile quick_profile() {
   Profile p;
   p.name = "quick";
-  p.decoder = dca::DecoderConfig::llama(256, 64, 2, 2, 2, 192);
+  p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 64, .layers = 2, .heads = 2, .mlp = 192});
   p.pretrain.batch_size = 16;
   p.pretrain.seq_len = 96;
   p.pretrain.total_steps = 1000;
@@ -108,7 +108,7 @@ Profile quick_profile() {
 Profile full_profile() {
   Profile p = quick_profile();
   p.name = "full";
-  p.decoder = dca::DecoderConfig::llama(256, 128, 4, 4, 4, 384);
+  p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 128, .layers = 4, .heads = 4, .mlp = 384});
   p.pretrain.batch_size = 16;
   p.pretrain.seq_len = 128;
   p.pretrain.total_steps = 4800;
@@ -130,7 +130,7 @@ Profile full_profile() {
 Profile smoke_profile() {
   Profile p = quick_profile();
   p.name = "smoke";
-  p.decoder = dca::DecoderConfig::llama(256, 32, 1, 2, 2, 64);
+  p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 1, .heads = 2, .mlp = 64});
   p.pretrain.batch_size = 4;
   p.pretrain.seq_len = 64;
   p.pretrain.total_steps = 20;

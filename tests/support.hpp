@@ -60,10 +60,12 @@ double max_relative_difference(const A& a, const B& b) {
 /// Tiny GPT-2, Llama (MQA) and Gemma-2 (head_dim ≠ d/H, soft-capping active at these scales, a
 /// sliding window of `window` on layer 0) decoders over a vocabulary of 13, for exact tests.
 inline std::vector<DecoderConfig> tiny_presets(index_t window = 3) {
-  auto gemma = DecoderConfig::gemma2(13, 8, 2, 2, 1, 6, 12, window);
+  auto gemma = DecoderConfig::gemma2(
+      {.vocab = 13, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .head_dim = 6, .mlp = 12, .window = window});
   gemma.attention_softcap = 2.0;
   gemma.final_softcap = 3.0;
-  return {DecoderConfig::gpt2(13, 8, 2, 2, 32), DecoderConfig::llama(13, 8, 2, 2, 1, 12), gemma};
+  return {DecoderConfig::gpt2({.vocab = 13, .dim = 8, .layers = 2, .heads = 2, .max_positions = 32}),
+          DecoderConfig::llama({.vocab = 13, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}), gemma};
 }
 
 /// n token ids uniform over [0, vocab), reproducible from `seed`.

@@ -488,7 +488,7 @@ TEST_CASE("generation resets its tape every step, so its arena does not grow aft
 }
 
 TEST_CASE("generate_text continues a prompt byte by byte, streams each byte and stops at stop strings") {
-  auto config = DecoderConfig::gpt2(256, 16, 1, 2, 64);
+  auto config = DecoderConfig::gpt2({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .max_positions = 64});
   config.init_std = 0.5;
   dca::Decoder<float> model(config, 17);
   GenerationConfig sample;
@@ -514,7 +514,8 @@ TEST_CASE("generate_text continues a prompt byte by byte, streams each byte and 
 
   CHECK_THROWS_WITH_AS(dca::generate_text(model, "ab", sample, 64, {"x", ""}), doctest::Contains("stop_strings[1]"),
                        dca::RangeError);
-  dca::Decoder<float> not_bytes(DecoderConfig::gpt2(300, 16, 1, 2, 64), 1);
+  dca::Decoder<float> not_bytes(
+      DecoderConfig::gpt2({.vocab = 300, .dim = 16, .layers = 1, .heads = 2, .max_positions = 64}), 1);
   CHECK_THROWS_WITH_AS(dca::generate_text(not_bytes, "ab", sample, 64), doctest::Contains("byte-level"),
                        dca::UsageError);
 }

@@ -269,7 +269,8 @@ TEST_CASE("a cache saved to disk loads back slot for slot") {
 }
 
 TEST_CASE("bad input throws a clear error and leaves the cache unchanged") {
-  auto gpt2 = DecoderConfig::gpt2(13, 8, 2, 2, 6);  // six learned positions
+  auto gpt2 = DecoderConfig::gpt2(
+      {.vocab = 13, .dim = 8, .layers = 2, .heads = 2, .max_positions = 6});  // six learned positions
   dca::Decoder<double> decoder(gpt2, 1);
   dca::Tape<double> tape;
   KVCache<double> cache(gpt2, 7);
@@ -291,7 +292,8 @@ TEST_CASE("bad input throws a clear error and leaves the cache unchanged") {
   CHECK_THROWS_WITH_AS(cache.insert_latents(tape, decoder, tape.constant(Tensor<double>(Shape{1, 8})), 1),
                        doctest::Contains("insert into fork(2) instead"), dca::UsageError);
   unchanged();
-  dca::Decoder<double> other(DecoderConfig::gpt2(13, 8, 3, 2, 6), 1);
+  dca::Decoder<double> other(DecoderConfig::gpt2({.vocab = 13, .dim = 8, .layers = 3, .heads = 2, .max_positions = 6}),
+                             1);
   CHECK_THROWS_WITH_AS(cache.append_tokens(tape, other, tokens(1, 3)),
                        doctest::Contains("the cache holds 2 layers of width 8 but the model has 3 layers of width 8"),
                        dca::ShapeError);

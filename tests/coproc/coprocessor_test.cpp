@@ -292,7 +292,8 @@ TEST_CASE("bad coprocessor input is rejected with the values involved") {
                        doctest::Contains("9 token ids for a plan of 1 sequences of 10"), dca::ShapeError);
   CHECK_THROWS_WITH_AS(coprocessor.loss(tape, decoder, ids, dca::AugmentationPlan::given(1, 10, 2, {2})),
                        doctest::Contains("made for N_A = 2 but the coprocessor predicts 3"), dca::RangeError);
-  dca::Decoder<double> other(DecoderConfig::llama(13, 8, 3, 2, 1, 12), 1);
+  dca::Decoder<double> other(
+      DecoderConfig::llama({.vocab = 13, .dim = 8, .layers = 3, .heads = 2, .kv_heads = 1, .mlp = 12}), 1);
   other.freeze();
   CHECK_THROWS_WITH_AS(coprocessor.loss(tape, other, ids, plan), doctest::Contains("does not match the coprocessor's architecture"),
                        dca::ShapeError);

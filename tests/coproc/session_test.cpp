@@ -15,7 +15,9 @@ using dca::index_t;
 
 namespace {
 
-dca::DecoderConfig small_llama() { return dca::DecoderConfig::llama(13, 8, 2, 2, 1, 12); }
+dca::DecoderConfig small_llama() {
+  return dca::DecoderConfig::llama({.vocab = 13, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12});
+}
 
 std::vector<index_t> prompt_tokens() { return {3, 1, 4, 1, 5, 9, 2, 6}; }
 

@@ -34,7 +34,8 @@ dca::CoprocessorTrainerConfig tiny_run() {
 // A small decoder pretrained briefly on the sample, then frozen: a random decoder predicts near
 // uniformly whatever its inputs, so there would be nothing for a coprocessor to improve.
 dca::Decoder<float> pretrained_decoder(const dca::CorpusMixture& corpus) {
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama(256, 32, 2, 2, 2, 64), 1);
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 2, .heads = 2, .mlp = 64}),
+                              1);
   dca::TrainerConfig run;
   run.batch_size = 4;
   run.seq_len = 32;
@@ -52,7 +53,8 @@ dca::Decoder<float> pretrained_decoder(const dca::CorpusMixture& corpus) {
 
 TEST_CASE("without training, the residual coprocessor's evaluation pairs every augmented point with the frozen decoder's") {
   const auto corpus = sample_corpus();
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama(256, 16, 1, 2, 2, 32), 1);
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
+                              1);
   decoder.freeze();
   dca::CoprocessorConfig c;
   c.n_ahead = 4;
@@ -123,7 +125,8 @@ TEST_CASE("on one fixed batch the latents alone steer the frozen decoder's next-
 TEST_CASE("a coprocessor run resumed from a checkpoint continues bit-identically") {
   const auto corpus = sample_corpus();
   const auto path = std::filesystem::temp_directory_path() / ("dca-coproc-" + std::to_string(::getpid()) + ".safetensors");
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama(256, 16, 1, 2, 2, 32), 1);
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
+                              1);
   decoder.freeze();
   dca::CoprocessorConfig c;
   c.n_ahead = 3;

@@ -17,7 +17,8 @@ namespace {
 // A decoder whose every weight is zero: its logits are zero whatever it reads, so every
 // next-token loss is exactly ln(vocabulary) and greedy decoding always picks token 0.
 dca::Decoder<double> zero_decoder() {
-  dca::Decoder<double> decoder(dca::DecoderConfig::llama(256, 8, 2, 2, 1, 12), 1);
+  dca::Decoder<double> decoder(
+      dca::DecoderConfig::llama({.vocab = 256, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}), 1);
   for (dca::Parameter<double>* p : decoder.parameters())
     for (index_t i = 0; i < p->value().numel(); ++i) p->value()[i] = 0;
   decoder.freeze();
@@ -54,7 +55,8 @@ TEST_CASE("a decoder with all-zero weights scores ln 256 at every ahead position
 TEST_CASE("evaluate_ahead scores the frozen baseline on exactly the tokens the augmented pass predicts") {
   // The baseline of the n-th token after point t is the decoder's own next-token loss at row
   // t+n−1; with every point evaluated, it is computed here directly from the logits.
-  dca::Decoder<double> decoder(dca::DecoderConfig::llama(256, 8, 2, 2, 1, 12), 3);
+  dca::Decoder<double> decoder(
+      dca::DecoderConfig::llama({.vocab = 256, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}), 3);
   decoder.freeze();
   dca::Coprocessor<double, 1> coprocessor(decoder, {.n_ahead = 2});
   const auto batches = token_batches(1, 1, 8);
@@ -76,7 +78,8 @@ TEST_CASE("evaluate_ahead scores the frozen baseline on exactly the tokens the a
 }
 
 TEST_CASE("changing a coprocessor's horizon keeps the losses of the nearer ahead positions") {
-  dca::Decoder<double> decoder(dca::DecoderConfig::llama(256, 8, 2, 2, 1, 12), 4);
+  dca::Decoder<double> decoder(
+      dca::DecoderConfig::llama({.vocab = 256, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}), 4);
   decoder.freeze();
   dca::Coprocessor<double, 2> coprocessor(decoder, {.n_ahead = 2});
   const auto ids = dca::test::random_tokens(2 * 12, 8, 256);
@@ -133,7 +136,8 @@ TEST_CASE("the few-shot context is fixed, made of whole training problems, and n
 }
 
 TEST_CASE("forward_flops counts projections, MLP, attention and the output head as written out by hand") {
-  dca::DecoderConfig c = dca::DecoderConfig::llama(10, 8, 2, 2, 1, 16);  // d=8, 2 heads of 4, 1 kv head
+  dca::DecoderConfig c = dca::DecoderConfig::llama(
+      {.vocab = 10, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 16});  // d=8, 2 heads of 4, 1 kv head
   // Per row: q 2·8·8 = 128, k and v 2·2·8·4 = 128, out 2·8·8 = 128, gated MLP 3·2·8·16 = 768 → 1152.
   // 3 rows after 5 cached: keys 3·5 + (1+2+3) = 21; scores and sums 2·2·(2·4)·21 = 672.
   // Per layer 3·1152 + 672 = 4128; two layers 8256; one logit row 2·8·10 = 160.
@@ -147,7 +151,7 @@ TEST_CASE("forward_flops counts projections, MLP, attention and the output head 
 }
 
 TEST_CASE("a coprocessor step's FLOP model grows linearly in the number of augmentation points") {
-  const auto c = dca::DecoderConfig::llama(256, 32, 2, 2, 2, 64);
+  const auto c = dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 2, .heads = 2, .mlp = 64});
   const double k8 = dca::coprocessor_step_flops(c, 2, 64, 8, 4, 8), k16 = dca::coprocessor_step_flops(c, 2, 64, 16, 4, 8);
   const double tokens = 2 * dca::forward_flops(c, 64, 0, 0);  // the K-independent token pass
   CHECK(k16 - tokens == doctest::Approx(2 * (k8 - tokens)).epsilon(1e-12));

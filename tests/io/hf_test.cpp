@@ -20,17 +20,6 @@ using dca::index_t;
 
 namespace {
 
-// A fresh scratch directory under the system temp folder, removed at scope exit.
-struct ScratchDir {
-  std::filesystem::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(std::filesystem::temp_directory_path() / ("dca-hf-test-" + name + "-" + std::to_string(::getpid()))) {
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() { std::filesystem::remove_all(path); }
-};
-
 std::vector<double> logits_of(dca::Decoder<double>& decoder, const std::vector<index_t>& ids) {
   dca::Tape<double> tape;
   const auto logits = decoder.logits(tape, ids);
@@ -43,7 +32,7 @@ void write_json(const std::filesystem::path& path, const nlohmann::json& j) { st
 
 TEST_CASE("the fixtures' config.json files map onto the matching presets") {
   const auto gpt2 = dca::read_hf_config(std::string(DCA_FIXTURE_DIR) + "/gpt2/config.json");
-  CHECK(gpt2.architecture == "gpt2");
+  CHECK(gpt2.architecture == dca::Architecture::gpt2);
   CHECK(gpt2.hidden_size == 64);
   CHECK(gpt2.intermediate_size == 256);  // n_inner null: 4·d
   CHECK(gpt2.positions == dca::PositionKind::learned);
@@ -68,21 +57,43 @@ TEST_CASE("the fixtures' config.json files map onto the matching presets") {
   CHECK(gemma.post_norms);
 }
 
+TEST_CASE("every architecture round-trips through config.json and names its parameters from the table") {
+  for (const dca::HfNames& names : dca::all_hf_names()) {
+    CAPTURE(names.model_type);
+    const auto config =
+        DecoderConfig::preset(names.architecture, {.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .mlp = 12});
+    const nlohmann::json j = dca::hf_config_to_json(config);
+    CHECK(j.at("model_type") == names.model_type);
+    CHECK(j.at("architectures").at(0) == names.model_class);
+    CHECK(dca::hf_config_from_json(j).architecture == names.architecture);
+    dca::Decoder<float> decoder(config);
+    CHECK(decoder.parameters().front()->name() == names.token_embedding);
+  }
+}
+
 TEST_CASE("a saved decoder loads back with identical logits, for every architecture and unusual sizes") {
   std::vector<DecoderConfig> configs = {
-      DecoderConfig::gpt2(23, 12, 2, 3, 20),
-      DecoderConfig::llama(23, 12, 2, 3, 1, 20),              // kv_heads = 1, untied
-      DecoderConfig::qwen2(23, 12, 1, 2, 2, 20),              // qkv biases
-      DecoderConfig::gemma2(23, 12, 3, 2, 1, 10, 20, 2),      // head_dim 10 ≠ 12/2, three layers
+      DecoderConfig::gpt2({.vocab = 23, .dim = 12, .layers = 2, .heads = 3, .max_positions = 20}),
+      DecoderConfig::llama(
+          {.vocab = 23, .dim = 12, .layers = 2, .heads = 3, .kv_heads = 1, .mlp = 20}),    // kv_heads = 1, untied
+      DecoderConfig::qwen2({.vocab = 23, .dim = 12, .layers = 1, .heads = 2, .mlp = 20}),  // qkv biases
+      DecoderConfig::gemma2({.vocab = 23,
+                             .dim = 12,
+                             .layers = 3,
+                             .heads = 2,
+                             .kv_heads = 1,
+                             .head_dim = 10,
+                             .mlp = 20,
+                             .window = 2}),  // head_dim 10 ≠ 12/2, three layers
   };
   configs[1].tie_embeddings = true;  // a tied Llama is legal too
-  auto untied_gpt2 = DecoderConfig::gpt2(23, 12, 1, 2, 20);
+  auto untied_gpt2 = DecoderConfig::gpt2({.vocab = 23, .dim = 12, .layers = 1, .heads = 2, .max_positions = 20});
   untied_gpt2.tie_embeddings = false;
   configs.push_back(untied_gpt2);
   const std::vector<index_t> ids = {1, 5, 22, 0, 7, 7, 3};
   for (auto& config : configs) {
     CAPTURE(config.architecture);
-    ScratchDir dir(config.architecture);
+    dca::test::TempDir dir;
     dca::Decoder<double> original(config, 42);
     dca::save_hf_decoder(original, dir.path);
     CHECK(std::filesystem::exists(dir.path / "config.json"));
@@ -97,8 +108,8 @@ TEST_CASE("a saved decoder loads back with identical logits, for every architect
 }
 
 TEST_CASE("a missing, misshapen or unexpected tensor is named, and nothing is loaded") {
-  ScratchDir dir("bad-weights");
-  const auto config = DecoderConfig::llama(11, 8, 1, 2, 2, 12);
+  dca::test::TempDir dir;
+  const auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12});
   dca::Decoder<float> source(config, 1);
   dca::save_hf_decoder(source, dir.path);
   dca::Decoder<float> target(config, 2);
@@ -132,14 +143,15 @@ TEST_CASE("a missing, misshapen or unexpected tensor is named, and nothing is lo
 }
 
 TEST_CASE("config.json problems name the file and the field") {
-  ScratchDir dir("bad-config");
+  dca::test::TempDir dir;
   const auto path = dir.path / "config.json";
-  nlohmann::json j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  nlohmann::json j =
+      dca::hf_config_to_json(DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12}));
   j.erase("hidden_size");
   write_json(path, j);
   CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("required field 'hidden_size' is missing"),
                        dca::FormatError);
-  j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  j = dca::hf_config_to_json(DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12}));
   j["num_attention_heads"] = "four";
   write_json(path, j);
   CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("field 'num_attention_heads' has the wrong type"),
@@ -154,7 +166,7 @@ TEST_CASE("config.json problems name the file and the field") {
   std::ofstream(path) << "{ not json";
   CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("not valid JSON"), dca::FormatError);
   CHECK_THROWS_AS(dca::read_hf_config(dir.path / "missing.json"), dca::IoError);
-  j = dca::hf_config_to_json(DecoderConfig::llama(11, 8, 1, 2, 2, 12));
+  j = dca::hf_config_to_json(DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12}));
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}};
   write_json(path, j);
   CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("rope type 'yarn' is not supported"),

@@ -19,11 +19,19 @@ namespace {
 
 // Tiny versions of every preset, small enough for finite differences in double.
 std::vector<DecoderConfig> tiny_presets() {
-  auto gemma = DecoderConfig::gemma2(11, 8, 2, 2, 1, 6, 12, 3);  // head_dim 6 ≠ 8/2, MQA
+  auto gemma = DecoderConfig::gemma2({.vocab = 11,
+                                      .dim = 8,
+                                      .layers = 2,
+                                      .heads = 2,
+                                      .kv_heads = 1,
+                                      .head_dim = 6,
+                                      .mlp = 12,
+                                      .window = 3});  // head_dim 6 ≠ 8/2, MQA
   gemma.attention_softcap = 2.0;  // small caps so that soft-capping is active at these scales
   gemma.final_softcap = 3.0;
-  return {DecoderConfig::gpt2(11, 8, 2, 2, 16), DecoderConfig::llama(11, 8, 2, 2, 1, 12),
-          DecoderConfig::qwen2(11, 8, 2, 4, 2, 12), gemma};
+  return {DecoderConfig::gpt2({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .max_positions = 16}),
+          DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}),
+          DecoderConfig::qwen2({.vocab = 11, .dim = 8, .layers = 2, .heads = 4, .kv_heads = 2, .mlp = 12}), gemma};
 }
 
 std::vector<std::string> names(dca::Decoder<double>& d) {
@@ -37,7 +45,7 @@ bool contains(const std::vector<std::string>& v, const std::string& s) { return 
 }  // namespace
 
 TEST_CASE("every preset names its parameters as its Hugging Face checkpoints do") {
-  dca::Decoder<double> gpt2(DecoderConfig::gpt2(11, 8, 2, 2, 16));
+  dca::Decoder<double> gpt2(DecoderConfig::gpt2({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .max_positions = 16}));
   const auto g = names(gpt2);
   for (const char* n : {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.attn.c_attn.weight",
                         "transformer.h.0.mlp.c_proj.bias", "transformer.ln_f.bias"})
@@ -45,7 +53,8 @@ TEST_CASE("every preset names its parameters as its Hugging Face checkpoints do"
   CHECK_FALSE(contains(g, "lm_head.weight"));  // tied
   CHECK(gpt2.parameter("transformer.h.0.attn.c_attn.weight").shape() == Shape{8, 24});  // Conv1D: [in, out]
 
-  dca::Decoder<double> llama(DecoderConfig::llama(11, 8, 2, 2, 1, 12));
+  dca::Decoder<double> llama(
+      DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12}));
   const auto l = names(llama);
   for (const char* n : {"model.embed_tokens.weight", "model.layers.1.self_attn.k_proj.weight",
                         "model.layers.0.post_attention_layernorm.weight", "model.layers.0.mlp.gate_proj.weight",
@@ -53,11 +62,13 @@ TEST_CASE("every preset names its parameters as its Hugging Face checkpoints do"
     CHECK(contains(l, n));
   CHECK(llama.parameter("model.layers.0.self_attn.k_proj.weight").shape() == Shape{4, 8});  // 1 kv head of 4
 
-  dca::Decoder<double> qwen(DecoderConfig::qwen2(11, 8, 2, 4, 2, 12));
+  dca::Decoder<double> qwen(
+      DecoderConfig::qwen2({.vocab = 11, .dim = 8, .layers = 2, .heads = 4, .kv_heads = 2, .mlp = 12}));
   CHECK(contains(names(qwen), "model.layers.0.self_attn.q_proj.bias"));
   CHECK_FALSE(contains(names(qwen), "model.layers.0.self_attn.o_proj.bias"));
 
-  dca::Decoder<double> gemma(DecoderConfig::gemma2(11, 8, 2, 2, 1, 6, 12, 3));
+  dca::Decoder<double> gemma(DecoderConfig::gemma2(
+      {.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .head_dim = 6, .mlp = 12, .window = 3}));
   const auto m = names(gemma);
   for (const char* n : {"model.layers.0.pre_feedforward_layernorm.weight", "model.layers.0.post_feedforward_layernorm.weight",
                         "model.layers.0.post_attention_layernorm.weight"})
@@ -69,27 +80,29 @@ TEST_CASE("every preset names its parameters as its Hugging Face checkpoints do"
 TEST_CASE("the parameter count adds up every weight once, a tied head included once") {
   // GPT-2, d=8, L=2, V=11, 16 positions, MLP 32: embeddings 11·8 + 16·8; per block 2 LayerNorms (2·16),
   // c_attn 8·24+24, c_proj 8·8+8, c_fc 8·32+32, mlp c_proj 32·8+8; final LayerNorm 16.
-  dca::Decoder<float> gpt2(DecoderConfig::gpt2(11, 8, 2, 2, 16));
+  dca::Decoder<float> gpt2(DecoderConfig::gpt2({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .max_positions = 16}));
   const index_t block = 2 * 16 + (8 * 24 + 24) + (8 * 8 + 8) + (8 * 32 + 32) + (32 * 8 + 8);
   CHECK(gpt2.parameter_count() == 11 * 8 + 16 * 8 + 2 * block + 16);
 }
 
 TEST_CASE("a config names the field that is wrong") {
-  auto c = DecoderConfig::llama(11, 8, 2, 3, 2, 12);
+  auto c = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 3, .kv_heads = 2, .mlp = 12});
   c.head_dim = 4;
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("n_kv_heads 2 must divide n_heads 3"), dca::ShapeError);
-  c = DecoderConfig::llama(11, 9, 2, 3, 3, 12);
+  c = DecoderConfig::llama({.vocab = 11, .dim = 9, .layers = 2, .heads = 3, .mlp = 12});
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("rotary positions need an even head_dim, got 3"), dca::ShapeError);
-  c = DecoderConfig::llama(11, 8, 2, 3, 3, 12);
+  c = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 3, .mlp = 12});
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("hidden_size 8 is not divisible by n_heads 3"), dca::ShapeError);
-  c = DecoderConfig::llama(11, 8, 0, 2, 2, 12);
+  c = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 0, .heads = 2, .mlp = 12});
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("n_layers must be ≥ 1, got 0"), dca::RangeError);
-  c = DecoderConfig::gemma2(11, 8, 2, 2, 1, 6, 12, 3);
+  c = DecoderConfig::gemma2(
+      {.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .head_dim = 6, .mlp = 12, .window = 3});
   c.sliding_layers.push_back(true);
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("sliding_layers has 3 entries for 2 layers"), dca::ShapeError);
-  c = DecoderConfig::llama(11, 8, 2, 2, 2, 12);
-  c.architecture = "mamba";
-  CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("architecture 'mamba'"), dca::RangeError);
+  c = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .mlp = 12});
+  c.architecture = static_cast<dca::Architecture>(7);  // not an architecture of the enum
+  CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("architecture 7 is not one of gpt2, llama, qwen2, gemma2"),
+                       dca::RangeError);
   CHECK_THROWS_AS(dca::Decoder<float>{c}, dca::RangeError);
 }
 
@@ -168,7 +181,7 @@ TEST_CASE("gradients through every preset match finite differences, for input em
 }
 
 TEST_CASE("a frozen decoder passes gradients to its inputs without computing weight gradients") {
-  auto config = DecoderConfig::llama(11, 8, 2, 2, 1, 12);
+  auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .kv_heads = 1, .mlp = 12});
   dca::Decoder<double> decoder(config, 1);
   const auto embeddings = dca::test::random_tensor(Shape{4, 8}, 2);
   auto backward_gemms = [&](bool frozen) {
@@ -190,14 +203,14 @@ TEST_CASE("a frozen decoder passes gradients to its inputs without computing wei
 }
 
 TEST_CASE("a copied decoder is independent of its original") {
-  dca::Decoder<float> original(DecoderConfig::llama(11, 8, 2, 2, 2, 12), 1);
+  dca::Decoder<float> original(DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 2, .mlp = 12}), 1);
   dca::Decoder<float> copy = original;
   copy.parameter("model.norm.weight").value().fill(2.0f);
   CHECK(original.parameter("model.norm.weight").value()[0] == 1.0f);
 }
 
 TEST_CASE("bad decoder inputs are rejected with the offending value") {
-  dca::Decoder<float> gpt2(DecoderConfig::gpt2(11, 8, 1, 2, 4));
+  dca::Decoder<float> gpt2(DecoderConfig::gpt2({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .max_positions = 4}));
   dca::Tape<float> tape;
   const std::vector<index_t> bad_id = {1, 11};
   CHECK_THROWS_WITH_AS(gpt2.logits(tape, bad_id), doctest::Contains("token id 11 at position 1 is outside the vocabulary [0,11)"),

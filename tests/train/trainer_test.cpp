@@ -17,7 +17,9 @@ namespace {
 
 using dca::test::sample_corpus;
 
-dca::DecoderConfig tiny_model() { return dca::DecoderConfig::llama(256, 32, 2, 2, 2, 64); }
+dca::DecoderConfig tiny_model() {
+  return dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 2, .heads = 2, .mlp = 64});
+}
 
 dca::TrainerConfig tiny_run() {
   dca::TrainerConfig c;
@@ -91,7 +93,8 @@ TEST_CASE("a checkpoint of another architecture or with a missing tensor is reje
   const auto corpus = sample_corpus();
   const auto path = scratch("mismatch");
   {
-    dca::Decoder<float> other(dca::DecoderConfig::llama(256, 32, 1, 2, 2, 64), 1);
+    dca::Decoder<float> other(dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 1, .heads = 2, .mlp = 64}),
+                              1);
     dca::Trainer<float> trainer(other, corpus, tiny_run());
     trainer.step();
     trainer.save_checkpoint(path);

@@ -43,15 +43,15 @@ class SelfAttention {
         rope_float32_(config.rope_float32_angles), scale_(config.query_scale), softcap_(config.attention_softcap),
         window_(config.layer_uses_window(layer) ? config.sliding_window : 0) {
     const index_t d = config.hidden_size, q_width = n_heads_ * head_dim_, kv_width = n_kv_heads_ * head_dim_;
-    if (config.architecture == "gpt2") {
-      fused_ = Linear<T>(prefix + ".c_attn", d, 3 * d, config.qkv_bias, WeightLayout::in_out);
-      out_ = Linear<T>(prefix + ".c_proj", d, d, config.out_bias, WeightLayout::in_out);
+    const HfNames& names = hf_names(config.architecture);
+    if (names.fused_qkv != nullptr) {
+      fused_ = Linear<T>(hf_child(prefix, names.fused_qkv), d, 3 * d, config.qkv_bias, names.layout);
     } else {
-      q_ = Linear<T>(prefix + ".q_proj", d, q_width, config.qkv_bias);
-      k_ = Linear<T>(prefix + ".k_proj", d, kv_width, config.qkv_bias);
-      v_ = Linear<T>(prefix + ".v_proj", d, kv_width, config.qkv_bias);
-      out_ = Linear<T>(prefix + ".o_proj", q_width, d, config.out_bias);
+      q_ = Linear<T>(hf_child(prefix, names.query), d, q_width, config.qkv_bias, names.layout);
+      k_ = Linear<T>(hf_child(prefix, names.key), d, kv_width, config.qkv_bias, names.layout);
+      v_ = Linear<T>(hf_child(prefix, names.value), d, kv_width, config.qkv_bias, names.layout);
     }
+    out_ = Linear<T>(hf_child(prefix, names.attention_output), q_width, d, config.out_bias, names.layout);
   }
 
   /// x:[N,d] -> y:[N,d], keys/values:[N, Hkv·D]

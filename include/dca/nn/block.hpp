@@ -2,7 +2,7 @@
 //   h   = x + post_attn_norm(attention(attn_norm(x)))
 //   out = h + post_mlp_norm(mlp(mlp_norm(h)))
 // where the post-norms exist only in Gemma-2 (config.post_norms). Names follow each
-// architecture's Hugging Face checkpoints.
+// architecture's Hugging Face checkpoints (nn/names.hpp).
 #pragma once
 
 #include "dca/nn/attention.hpp"
@@ -23,26 +23,18 @@ class Block {
 
   Block() = default;
   Block(const DecoderConfig& config, index_t layer) : post_norms_(config.post_norms) {
-    const index_t d = config.hidden_size;
-    const auto norm = [&](const std::string& name) { return Norm<T>(name, d, config.norm, config.norm_eps); };
-    if (config.architecture == "gpt2") {
-      const std::string p = "transformer.h." + std::to_string(layer);
-      attn_norm_ = norm(p + ".ln_1");
-      attention_ = SelfAttention<T>(config, p + ".attn", layer);
-      mlp_norm_ = norm(p + ".ln_2");
-      mlp_ = Mlp<T>(config, p + ".mlp");
-      return;
-    }
-    const std::string p = "model.layers." + std::to_string(layer);
-    attn_norm_ = norm(p + ".input_layernorm");
-    attention_ = SelfAttention<T>(config, p + ".self_attn", layer);
-    mlp_ = Mlp<T>(config, p + ".mlp");
-    if (post_norms_) {  // Gemma-2 reuses "post_attention_layernorm" for the norm *after* attention
-      post_attn_norm_ = norm(p + ".post_attention_layernorm");
-      mlp_norm_ = norm(p + ".pre_feedforward_layernorm");
-      post_mlp_norm_ = norm(p + ".post_feedforward_layernorm");
-    } else {
-      mlp_norm_ = norm(p + ".post_attention_layernorm");
+    const HfNames& names = hf_names(config.architecture);
+    const std::string prefix = std::string(names.layers) + "." + std::to_string(layer);
+    const auto norm = [&](const char* name) {
+      return Norm<T>(hf_child(prefix, name), config.hidden_size, config.norm, config.norm_eps);
+    };
+    attn_norm_ = norm(names.attention_norm);
+    attention_ = SelfAttention<T>(config, hf_child(prefix, names.attention), layer);
+    mlp_norm_ = norm(names.mlp_norm);
+    mlp_ = Mlp<T>(config, hf_child(prefix, names.mlp));
+    if (post_norms_) {
+      post_attn_norm_ = norm(names.post_attention_norm);
+      post_mlp_norm_ = norm(names.post_mlp_norm);
     }
   }
 

@@ -10,6 +10,7 @@
 
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
+#include "dca/nn/names.hpp"
 
 #include <cmath>
 #include <string>
@@ -38,12 +39,22 @@ enum class PositionKind {
   rotary,   // rotary embeddings applied to queries and keys (Llama, Gemma-2, Qwen2)
 };
 
-/// How a layer's linear weights are stored: PyTorch's nn.Linear [out, in], or GPT-2's Conv1D
-/// [in, out]. Only matters for Hugging Face names and shapes; the math is the same.
-enum class WeightLayout { out_in, in_out };
+/// The sizes a preset takes, by name: `DecoderConfig::llama({.vocab = 256, .dim = 128, .layers = 4})`.
+/// Each preset sets the rest of the architecture itself.
+struct ModelSize {
+  index_t vocab = 256;  // tokens (256: byte level)
+  index_t dim = 128;    // d, the residual stream width
+  index_t layers = 4;
+  index_t heads = 4;             // query heads
+  index_t kv_heads = 0;          // key/value heads (GQA; 1 = MQA); 0: as many as query heads
+  index_t head_dim = 0;          // 0: dim / heads (Gemma-2 may differ)
+  index_t mlp = 0;               // MLP width; 0: 4·dim
+  index_t max_positions = 1024;  // learned positions: table rows; rotary: largest position accepted
+  index_t window = 0;            // Gemma-2: the sliding window of its even layers; 0: none
+};
 
 struct DecoderConfig {
-  std::string architecture = "llama";  // "gpt2", "llama", "gemma2" or "qwen2": parameter names and layout
+  Architecture architecture = Architecture::llama;  // parameter names and weight layout (nn/names.hpp)
   index_t vocab_size = 256;            // tokens (256: byte level)
   index_t hidden_size = 128;           // d, the residual stream width
   index_t n_layers = 4;
@@ -77,16 +88,13 @@ struct DecoderConfig {
     return sliding_window > 0 && layer < static_cast<index_t>(sliding_layers.size()) &&
            sliding_layers[static_cast<std::size_t>(layer)];
   }
-  WeightLayout weight_layout() const { return architecture == "gpt2" ? WeightLayout::in_out : WeightLayout::out_in; }
 
   /// Throws ShapeError/RangeError naming the first field that is wrong and why.
   void validate() const {
     auto positive = [](const char* field, index_t value) {
       if (value < 1) detail::fail<RangeError>("DecoderConfig: ", field, " must be ≥ 1, got ", value);
     };
-    if (architecture != "gpt2" && architecture != "llama" && architecture != "gemma2" && architecture != "qwen2")
-      detail::fail<RangeError>("DecoderConfig: architecture '", architecture,
-                               "' is not one of gpt2, llama, gemma2, qwen2");
+    const HfNames& names = hf_names(architecture);
     positive("vocab_size", vocab_size);
     positive("hidden_size", hidden_size);
     positive("n_layers", n_layers);
@@ -114,25 +122,24 @@ struct DecoderConfig {
     if (!sliding_layers.empty() && static_cast<index_t>(sliding_layers.size()) != n_layers)
       detail::fail<ShapeError>("DecoderConfig: sliding_layers has ", sliding_layers.size(), " entries for ", n_layers,
                                " layers");
-    if (architecture == "gpt2" && (positions != PositionKind::learned || norm != NormKind::layer_norm || gated_mlp))
-      detail::fail<RangeError>("DecoderConfig: architecture gpt2 needs learned positions, layer_norm and a plain MLP");
-    if (architecture != "gpt2" && positions != PositionKind::rotary)
-      detail::fail<RangeError>("DecoderConfig: architecture ", architecture, " uses rotary positions");
+    // What the architecture's parameter names can hold (nn/names.hpp).
+    if ((names.position_embedding != nullptr) != (positions == PositionKind::learned))
+      detail::fail<RangeError>("DecoderConfig: architecture ", architecture, " uses ",
+                               names.position_embedding != nullptr ? "learned" : "rotary", " positions");
+    if (gated_mlp && names.mlp_gate == nullptr)
+      detail::fail<RangeError>("DecoderConfig: architecture ", architecture, " has a plain MLP, not a gated one");
+    if (post_norms && names.post_attention_norm == nullptr)
+      detail::fail<RangeError>("DecoderConfig: architecture ", architecture,
+                               " has no norms after attention and MLP (post_norms is Gemma-2's)");
+    if (architecture == Architecture::gpt2 && norm != NormKind::layer_norm)
+      detail::fail<RangeError>("DecoderConfig: architecture gpt2 normalises with layer_norm (weight and bias)");
   }
 
   // ---- presets ----------------------------------------------------------------------------------
 
   /// GPT-2: learned positions, pre-LayerNorm, tanh-GELU MLP, biases everywhere, tied head.
-  static DecoderConfig gpt2(index_t vocab_size, index_t hidden_size, index_t n_layers, index_t n_heads,
-                            index_t max_positions) {
-    DecoderConfig c;
-    c.architecture = "gpt2";
-    c.vocab_size = vocab_size;
-    c.hidden_size = hidden_size;
-    c.n_layers = n_layers;
-    c.n_heads = c.n_kv_heads = n_heads;
-    c.intermediate_size = 4 * hidden_size;
-    c.max_positions = max_positions;
+  static DecoderConfig gpt2(const ModelSize& size) {
+    DecoderConfig c = sized(Architecture::gpt2, size);
     c.norm = NormKind::layer_norm;
     c.norm_eps = 1e-5;
     c.activation = Activation::gelu_tanh;
@@ -144,16 +151,8 @@ struct DecoderConfig {
   }
 
   /// Llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, untied head.
-  static DecoderConfig llama(index_t vocab_size, index_t hidden_size, index_t n_layers, index_t n_heads,
-                             index_t n_kv_heads, index_t intermediate_size) {
-    DecoderConfig c;
-    c.architecture = "llama";
-    c.vocab_size = vocab_size;
-    c.hidden_size = hidden_size;
-    c.n_layers = n_layers;
-    c.n_heads = n_heads;
-    c.n_kv_heads = n_kv_heads;
-    c.intermediate_size = intermediate_size;
+  static DecoderConfig llama(const ModelSize& size) {
+    DecoderConfig c = sized(Architecture::llama, size);
     c.norm = NormKind::rms_norm;
     c.norm_eps = 1e-6;
     c.activation = Activation::silu;
@@ -164,10 +163,9 @@ struct DecoderConfig {
   }
 
   /// Qwen2: Llama with biases on the query/key/value projections.
-  static DecoderConfig qwen2(index_t vocab_size, index_t hidden_size, index_t n_layers, index_t n_heads,
-                             index_t n_kv_heads, index_t intermediate_size) {
-    DecoderConfig c = llama(vocab_size, hidden_size, n_layers, n_heads, n_kv_heads, intermediate_size);
-    c.architecture = "qwen2";
+  static DecoderConfig qwen2(const ModelSize& size) {
+    DecoderConfig c = llama(size);
+    c.architecture = Architecture::qwen2;
     c.qkv_bias = true;
     return c;
   }
@@ -175,37 +173,60 @@ struct DecoderConfig {
   /// Gemma-2 (the paper's decoder family): (1+w) RMSNorm before and after attention and MLP,
   /// GeGLU, √d-scaled embeddings, attention and final logit soft-capping, sliding-window attention
   /// on every other layer (starting with layer 0), tied head.
-  static DecoderConfig gemma2(index_t vocab_size, index_t hidden_size, index_t n_layers, index_t n_heads,
-                              index_t n_kv_heads, index_t head_dim, index_t intermediate_size,
-                              index_t sliding_window) {
-    DecoderConfig c;
-    c.architecture = "gemma2";
-    c.vocab_size = vocab_size;
-    c.hidden_size = hidden_size;
-    c.n_layers = n_layers;
-    c.n_heads = n_heads;
-    c.n_kv_heads = n_kv_heads;
-    c.head_dim = head_dim;
-    c.intermediate_size = intermediate_size;
+  static DecoderConfig gemma2(const ModelSize& size) {
+    DecoderConfig c = sized(Architecture::gemma2, size);
     c.norm = NormKind::rms_norm_one_plus;
     c.norm_eps = 1e-6;
     c.activation = Activation::gelu_tanh;
     c.gated_mlp = true;
     c.positions = PositionKind::rotary;
-    c.query_scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    c.query_scale = 1.0 / std::sqrt(static_cast<double>(c.resolved_head_dim()));
     c.attention_softcap = 50.0;
     c.final_softcap = 30.0;
-    c.sliding_window = sliding_window;
-    c.sliding_layers.assign(static_cast<std::size_t>(n_layers), false);
-    for (index_t l = 0; l < n_layers; l += 2) c.sliding_layers[static_cast<std::size_t>(l)] = true;
+    c.sliding_window = size.window;
+    c.sliding_layers.assign(static_cast<std::size_t>(c.n_layers), false);
+    for (index_t l = 0; l < c.n_layers; l += 2) c.sliding_layers[static_cast<std::size_t>(l)] = true;
     c.post_norms = true;
     c.tie_embeddings = true;
     c.scale_embeddings = true;
     return c;
   }
 
+  /// The preset of `architecture` at `size` (what a command line's architecture name selects).
+  static DecoderConfig preset(Architecture architecture, const ModelSize& size) {
+    switch (architecture) {
+      case Architecture::gpt2:
+        return gpt2(size);
+      case Architecture::llama:
+        return llama(size);
+      case Architecture::qwen2:
+        return qwen2(size);
+      case Architecture::gemma2:
+        return gemma2(size);
+    }
+    detail::fail<RangeError>("DecoderConfig::preset: architecture ", static_cast<int>(architecture), " has no preset");
+  }
+
   /// The toy decoder the examples pretrain: byte-level Llama-style, d=128, 4 layers, 4 heads.
-  static DecoderConfig byte_llama_small() { return llama(256, 128, 4, 4, 4, 384); }
+  static DecoderConfig byte_llama_small() {
+    return llama({.vocab = 256, .dim = 128, .layers = 4, .heads = 4, .mlp = 384});
+  }
+
+ private:
+  // The sizes every preset shares; the architecture's own choices are the preset's.
+  static DecoderConfig sized(Architecture architecture, const ModelSize& size) {
+    DecoderConfig c;
+    c.architecture = architecture;
+    c.vocab_size = size.vocab;
+    c.hidden_size = size.dim;
+    c.n_layers = size.layers;
+    c.n_heads = size.heads;
+    c.n_kv_heads = size.kv_heads > 0 ? size.kv_heads : size.heads;
+    c.head_dim = size.head_dim;
+    c.intermediate_size = size.mlp > 0 ? size.mlp : 4 * size.dim;
+    c.max_positions = size.max_positions;
+    return c;
+  }
 };
 
 }  // namespace dca

@@ -53,6 +53,20 @@ struct DecoderOutput {
   Var<T> hidden;
   Var<T> logits;
   std::vector<Var<T>> keys, values;
+
+  /// The kept keys and values as the constant cache of a later forward pass: one segment per
+  /// layer, all N rows, at `positions` [N]. The segments read the values in place, and so does
+  /// the backward pass: keep `positions` alive until it is done (e.g. `tape.copy` them).
+  std::vector<ConstantKV<T>> constant_cache(std::span<const index_t> positions) const {
+    std::vector<ConstantKV<T>> layers;
+    for (std::size_t l = 0; l < keys.size(); ++l) {
+      if (keys[l].rows() != static_cast<index_t>(positions.size()))
+        detail::fail<ShapeError>("DecoderOutput::constant_cache: layer ", l, " kept ", keys[l].rows(), " rows but ",
+                                 positions.size(), " positions were given");
+      layers.push_back({keys[l].value(), values[l].value(), positions});
+    }
+    return layers;
+  }
 };
 
 template <Scalar T>
@@ -62,15 +76,14 @@ class Decoder {
   explicit Decoder(DecoderConfig config, std::uint64_t seed = 0) : config_(std::move(config)) {
     config_.validate();
     const index_t d = config_.hidden_size;
-    const bool gpt2 = config_.architecture == "gpt2";
-    embed_ = Parameter<T>(gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight",
-                          Tensor<T>(Shape{config_.vocab_size, d}));
+    const HfNames& names = hf_names(config_.architecture);
+    embed_ = Parameter<T>(names.token_embedding, Tensor<T>(Shape{config_.vocab_size, d}));
     if (config_.positions == PositionKind::learned)
-      position_embed_ = Parameter<T>("transformer.wpe.weight", Tensor<T>(Shape{config_.max_positions, d}));
+      position_embed_ = Parameter<T>(names.position_embedding, Tensor<T>(Shape{config_.max_positions, d}));
     blocks_.reserve(static_cast<std::size_t>(config_.n_layers));
     for (index_t l = 0; l < config_.n_layers; ++l) blocks_.emplace_back(config_, l);
-    final_norm_ = Norm<T>(gpt2 ? "transformer.ln_f" : "model.norm", d, config_.norm, config_.norm_eps);
-    if (!config_.tie_embeddings) head_ = Parameter<T>("lm_head.weight", Tensor<T>(Shape{config_.vocab_size, d}));
+    final_norm_ = Norm<T>(names.final_norm, d, config_.norm, config_.norm_eps);
+    if (!config_.tie_embeddings) head_ = Parameter<T>(names.head, Tensor<T>(Shape{config_.vocab_size, d}));
     init(seed);
   }
 
@@ -144,7 +157,7 @@ class Decoder {
                                                                        : input.positions;
     check_positions(positions);
 
-    Var<T> x = input.ids.empty() ? input.embeddings : embedding(tape.param(embed_), input.ids);
+    Var<T> x = input.ids.empty() ? input.embeddings : embed(tape, input.ids);
     if (config_.scale_embeddings) x = scale(x, static_cast<T>(std::sqrt(static_cast<double>(config_.hidden_size))));
     if (has_position_embed()) x = add(x, embedding(tape.param(position_embed_), positions));
 
@@ -173,9 +186,22 @@ class Decoder {
     out.residual = x;
     out.hidden = final_norm_(tape, x);
     if (!input.compute_logits) return out;
-    out.logits = linear(out.hidden, tape.param(has_head() ? head_ : embed_));
-    if (config_.final_softcap > 0) out.logits = softcap(out.logits, static_cast<T>(config_.final_softcap));
+    out.logits = head(tape, out.hidden);
     return out;
+  }
+
+  /// ids:[N] -> [N,d]: rows of the token embedding table, before Gemma-2's √d scale — what
+  /// `DecoderInput::embeddings` takes to stand for these tokens.
+  Var<T> embed(Tape<T>& tape, std::span<const index_t> ids) { return embedding(tape.param(embed_), ids); }
+
+  /// hidden:[N,d] -> logits [N,V]: the output head (tied or untied) and the final soft-cap. Any
+  /// rows of width d may go in: final hidden states, or a coprocessor's latents.
+  Var<T> head(Tape<T>& tape, const Var<T>& hidden) {
+    if (hidden.cols() != config_.hidden_size)
+      detail::fail<ShapeError>("Decoder::head: hidden states are ", hidden.shape(), ", expected [N,",
+                               config_.hidden_size, "]");
+    const Var<T> logits = linear(hidden, tape.param(has_head() ? head_ : embed_));
+    return config_.final_softcap > 0 ? softcap(logits, static_cast<T>(config_.final_softcap)) : logits;
   }
 
   /// ids:[B·T] (B sequences of T tokens, positions 0..T−1) -> logits [B·T, V]
@@ -194,7 +220,7 @@ class Decoder {
   }
 
   std::vector<Block<T>>& blocks() { return blocks_; }
-  /// The token embedding table [V, d] (also the output head when tied).
+  /// The token embedding table [V, d] (also the output head when tied); `embed` reads it on a tape.
   Parameter<T>& token_embedding() { return embed_; }
 
  private:

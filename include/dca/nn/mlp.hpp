@@ -17,14 +17,10 @@ class Mlp {
   Mlp(const DecoderConfig& config, const std::string& prefix)
       : activation_(config.activation), gated_(config.gated_mlp) {
     const index_t d = config.hidden_size, width = config.intermediate_size;
-    if (config.architecture == "gpt2") {
-      up_ = Linear<T>(prefix + ".c_fc", d, width, config.mlp_bias, WeightLayout::in_out);
-      down_ = Linear<T>(prefix + ".c_proj", width, d, config.mlp_bias, WeightLayout::in_out);
-    } else {
-      if (gated_) gate_ = Linear<T>(prefix + ".gate_proj", d, width, config.mlp_bias);
-      up_ = Linear<T>(prefix + ".up_proj", d, width, config.mlp_bias);
-      down_ = Linear<T>(prefix + ".down_proj", width, d, config.mlp_bias);
-    }
+    const HfNames& names = hf_names(config.architecture);
+    if (gated_) gate_ = Linear<T>(hf_child(prefix, names.mlp_gate), d, width, config.mlp_bias, names.layout);
+    up_ = Linear<T>(hf_child(prefix, names.mlp_up), d, width, config.mlp_bias, names.layout);
+    down_ = Linear<T>(hf_child(prefix, names.mlp_down), width, d, config.mlp_bias, names.layout);
   }
 
   /// x:[N,d] -> [N,d]
