@@ -5,9 +5,10 @@
 // BM_CoprocessorTrainingStep: structured loss + backward + AdamW step, K = 8..64 — the cost per point
 // should stay flat (time ratio ≈ FLOP ratio, the K-independent token pass aside) and memory grow
 // linearly in K. BM_CoprocessorStepStructured / BM_CoprocessorStepDense: loss + backward only, on the
-// same weights, tokens and plan, for `Coprocessor::loss` against `Coprocessor::dense_reference_loss`
-// (the paper's one extended sequence per row with a (T + K·(N_L+N_A−1))² mask); their ratio is the
-// structured form's speed-up. Each plan is drawn once per benchmark (seeded) and reused every step.
+// same weights, tokens and plan, for `Coprocessor::loss` against `dense_reference_loss`
+// (coproc/dense_reference.hpp: the paper's one extended sequence per row with a (T + K·(N_L+N_A−1))²
+// mask); their ratio is the structured form's speed-up. Each plan is drawn once per benchmark
+// (seeded) and reused every step.
 //
 // Counters: "points/s" and "ms/point" (wall clock) count the B·K augmentation points of a step;
 // "GFLOP" is the model below, per step (structured steps only); "arena MB" is the tape arena's bytes
@@ -31,6 +32,7 @@
 // counted (O(d) per row or per parameter). The model's backward part agrees with the tape's own count
 // of backward GEMM FLOPs (Tape::stats) to about 1% (attention runs in query blocks, a little over the
 // exact visible pairs).
+#include <dca/coproc/dense_reference.hpp>
 #include <dca/dca.hpp>
 
 #include <benchmark/benchmark.h>
@@ -139,7 +141,7 @@ void BM_CoprocessorTrainingStep(benchmark::State& state) {
 template <bool Dense>
 float loss_and_gradients(Setup& setup, dca::Tape<float>& tape) {
   tape.reset();
-  const auto loss = Dense ? setup.coprocessor.dense_reference_loss(tape, setup.decoder, setup.ids, setup.plan)
+  const auto loss = Dense ? dca::dense_reference_loss(setup.coprocessor, tape, setup.decoder, setup.ids, setup.plan)
                           : setup.coprocessor.loss(tape, setup.decoder, setup.ids, setup.plan);
   tape.backward(loss.loss);
   for (dca::Parameter<float>* p : setup.coprocessor.parameters())

@@ -1,6 +1,6 @@
 // Specification of the reproduction's measurements: the n-th-token evaluation, arithmetic scoring
 // and the FLOP model give known numbers on models and sizes whose answers are known.
-#include "dca/coproc/trainer.hpp"
+#include "dca/coproc/evaluate.hpp"
 #include "dca/experiment/compute.hpp"
 #include "dca/experiment/evaluation.hpp"
 #include "support.hpp"

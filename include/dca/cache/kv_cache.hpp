@@ -20,6 +20,7 @@
 #pragma once
 
 #include "dca/autodiff/ops/shape.hpp"
+#include "dca/cache/slots.hpp"
 #include "dca/io/safetensors.hpp"
 #include "dca/nn/decoder.hpp"
 
@@ -31,19 +32,6 @@
 #include <vector>
 
 namespace dca {
-
-/// What a cache slot holds.
-enum class SlotKind : std::uint8_t {
-  token,   // a token the decoder read
-  latent,  // a latent embedding written by a coprocessor
-  pause,   // an input-independent embedding (pause tokens, other inserted rows)
-};
-
-/// Where inserted latents (and the tokens after them) sit in position space.
-enum class LatentPositions {
-  at_insertion_point,  // default: every latent takes the position of slot t; following tokens keep t+1, t+2, ...
-  shifted,             // latents at t+1 .. t+N_L; following tokens shifted by N_L
-};
 
 template <Scalar T>
 class KVCache;
@@ -64,6 +52,12 @@ class KVPrefix {
     return {TensorView<const T>(storage_->keys[static_cast<std::size_t>(l)].data(), shape),
             TensorView<const T>(storage_->values[static_cast<std::size_t>(l)].data(), shape),
             std::span<const index_t>(storage_->positions.data(), static_cast<std::size_t>(size_))};
+  }
+  /// Every layer's `layer(l)`: the constant cache a decoder or coprocessor forward pass reads.
+  std::vector<ConstantKV<T>> layers() const {
+    std::vector<ConstantKV<T>> out;
+    for (index_t l = 0; l < n_layers(); ++l) out.push_back(layer(l));
+    return out;
   }
 
  private:
@@ -330,13 +324,7 @@ class KVCache {
     auto* group = tape.template allocate<AttentionGroup>(1);
     *group = AttentionGroup{0, n, 0, active + n, 0, constant};
     input.groups = {group, 1};
-    std::vector<ConstantKV<T>> caches;
-    for (index_t l = 0; l < n_layers_; ++l) {
-      const Shape shape{constant, width_};
-      caches.push_back({TensorView<const T>(storage_->keys[static_cast<std::size_t>(l)].data(), shape),
-                        TensorView<const T>(storage_->values[static_cast<std::size_t>(l)].data(), shape),
-                        std::span<const index_t>(storage_->positions.data(), static_cast<std::size_t>(constant))});
-    }
+    const std::vector<ConstantKV<T>> caches = KVPrefix<T>(storage_, constant).layers();
     input.layer_caches = caches;
     input.keep_keys_values = true;
     std::span<const index_t> key_positions = input.positions;

@@ -146,15 +146,14 @@ class AugmentedSession {
 
   // Inserts latents after the last slot; late residual latents are rebased onto the token they
   // now follow (Coprocessor::rebase_latents).
-  std::span<const T> insert(Tape<T>& tape, Tensor<T> z, index_t base_token, std::span<const T> logits, index_t generated,
+  std::span<const T> insert(Tape<T>& tape, const Tensor<T>& z, index_t base_token, std::span<const T> logits, index_t generated,
                             AugmentedGeneration& out) {
     if (cache_.size() + NumLatents > cache_.capacity()) {
       ++out.skipped;
       return logits;
     }
-    coprocessor_->rebase_latents(z, decoder_, base_token, last_token_);
-    const auto latent_out = cache_.insert_latents(tape, decoder_, tape.constant(z), cache_.size() - 1,
-                                                  coprocessor_->config().positions);
+    const Var<T> latents = coprocessor_->rebase_latents(tape, decoder_, tape.constant(z), base_token, last_token_);
+    const auto latent_out = cache_.insert_latents(tape, decoder_, latents, cache_.size() - 1, coprocessor_->config().positions);
     out.insertions.push_back(generated);
     return detail::last_row(latent_out.logits);
   }
