@@ -13,6 +13,7 @@
 //
 // Every finished stage is kept in the output directory (the decoder, each run's results), so an
 // interrupted run continues where it stopped; --fresh starts over.
+#include <dca/coproc/dispatch.hpp>
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/compute.hpp>
@@ -271,27 +272,22 @@ RunResult train_and_evaluate(const Context& c, const Variant& v, std::uint64_t s
       dca::evaluate_ahead(decoder, coprocessor, std::span<const dca::Batch>(c.text_batches), 0, 7);
   r.frozen = table.baseline;
   r.augmented = table.augmented;
-  r.accuracy = dca::score_arithmetic(decoder, &coprocessor, c.profile.arithmetic, c.problems, {}).accuracy();
+  r.accuracy = dca::score_arithmetic(decoder, coprocessor, c.profile.arithmetic, c.problems, {}).accuracy();
   if (v.delays)
     for (const index_t d : c.profile.delays) {
       dca::AugmentationSchedule late;
       late.asynchronous = true;
       late.delay = d;
-      r.delayed[d] = dca::score_arithmetic(decoder, &coprocessor, c.profile.arithmetic, c.problems, late).accuracy();
+      r.delayed[d] = dca::score_arithmetic(decoder, coprocessor, c.profile.arithmetic, c.problems, late).accuracy();
     }
   r.eval_seconds = std::chrono::duration<double>(Clock::now() - evaluation_start).count();
   return r;
 }
 
-RunResult run_variant(const Context& c, const Variant& v, std::uint64_t seed, const std::string& title) {
-  switch (v.latents) {  // N_L is a compile-time constant of the coprocessor
-    case 1: return train_and_evaluate<1>(c, v, seed, title);
-    case 2: return train_and_evaluate<2>(c, v, seed, title);
-    case 4: return train_and_evaluate<4>(c, v, seed, title);
-    case 8: return train_and_evaluate<8>(c, v, seed, title);
-    case 16: return train_and_evaluate<16>(c, v, seed, title);
-    default: throw dca::UsageError("latent counts must be 1, 2, 4, 8 or 16, got " + std::to_string(v.latents));
-  }
+// The counts the profiles use; each is one instantiation of the coprocessor.
+template <class F>
+decltype(auto) with_latents(index_t latents, F&& f) {
+  return dca::dispatch_latents<1, 2, 4, 8, 16>(latents, std::forward<F>(f));
 }
 
 // ---- compute (experiment 4) -----------------------------------------------------------------
@@ -357,17 +353,6 @@ Timing time_augmentation(const Context& c, std::span<const index_t> prompt) {
   t.augment_flops = dca::augmentation_flops(decoder.config(), NumLatents, context);
   t.decode_flops = dca::decoding_flops(decoder.config(), NumLatents, context);
   return t;
-}
-
-Timing time_latents(const Context& c, index_t latents, std::span<const index_t> prompt) {
-  switch (latents) {
-    case 1: return time_augmentation<1>(c, prompt);
-    case 2: return time_augmentation<2>(c, prompt);
-    case 4: return time_augmentation<4>(c, prompt);
-    case 8: return time_augmentation<8>(c, prompt);
-    case 16: return time_augmentation<16>(c, prompt);
-    default: throw dca::UsageError("latent counts must be 1, 2, 4, 8 or 16");
-  }
 }
 
 // ---- statistics and report --------------------------------------------------------------------
@@ -837,7 +822,8 @@ int main(int argc, char** argv) {
       char title[160];
       std::snprintf(title, sizeof title, "run %zu/%zu: %s, N_L = %ld, seed %llu", i + 1, plan.size(), v.label.c_str(),
                     static_cast<long>(v.latents), static_cast<unsigned long long>(seed));
-      done[id] = run_variant(c, v, seed, title);
+      done[id] =
+          with_latents(v.latents, [&](auto n) { return train_and_evaluate<decltype(n)::value>(c, v, seed, title); });
       save_run(file, done[id]);
       fresh_work += done[id].train_seconds + done[id].eval_seconds;
     }
@@ -853,7 +839,8 @@ int main(int argc, char** argv) {
     std::printf("timing one augmentation against decoding N_L tokens\n");
     const std::vector<index_t> prompt(c.text_batches.front().inputs.begin(),
                                       c.text_batches.front().inputs.begin() + std::min(p.timing_context, p.coprocessor.seq_len));
-    for (const index_t nl : p.latent_counts) res.timings.push_back(time_latents(c, nl, prompt));
+    for (const index_t nl : p.latent_counts)
+      res.timings.push_back(with_latents(nl, [&](auto n) { return time_augmentation<decltype(n)::value>(c, prompt); }));
     res.other_seconds = std::chrono::duration<double>(Clock::now() - wall).count() - fresh_work;
 
     write_tables_and_plots(c, res, c.out / "plots");

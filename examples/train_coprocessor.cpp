@@ -6,6 +6,7 @@
 //   ./build/examples/train_coprocessor --latents 4 --steps 300 --lora-rank 8
 //   ./build/examples/train_coprocessor --latents 1 --decay 0.7      # nearer ahead tokens weigh more
 //   ./build/examples/train_coprocessor --help                  # every option
+#include <dca/coproc/dispatch.hpp>
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 
@@ -95,15 +96,8 @@ int run(const Options& o, Objective objective) {
 
 template <dca::AheadObjective Objective>
 int with_latents(const Options& o, Objective objective) {
-  switch (o.latents) {  // N_L is a compile-time constant of the coprocessor
-    case 1: return run<1>(o, objective);
-    case 2: return run<2>(o, objective);
-    case 4: return run<4>(o, objective);
-    case 8: return run<8>(o, objective);
-    case 16: return run<16>(o, objective);
-    case 32: return run<32>(o, objective);
-    default: throw dca::UsageError("--latents must be 1, 2, 4, 8, 16 or 32");
-  }
+  return dca::dispatch_latents<1, 2, 4, 8, 16, 32>(o.latents,
+                                                   [&](auto n) { return run<decltype(n)::value>(o, objective); });
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "dca/cache/kv_cache.hpp"
 #include "dca/cache/generate.hpp"
 #include "dca/coproc/config.hpp"
+#include "dca/coproc/dispatch.hpp"
 #include "dca/coproc/objective.hpp"
 #include "dca/coproc/plan.hpp"
 #include "dca/coproc/layout.hpp"

@@ -119,7 +119,7 @@ TEST_CASE("a decoder that always emits byte 0 solves no arithmetic, augmented or
   late.asynchronous = true;
   late.delay = 1;
   for (const auto& schedule : {dca::AugmentationSchedule{}, late}) {
-    const auto augmented = dca::score_arithmetic(decoder, &coprocessor, config, problems, schedule);
+    const auto augmented = dca::score_arithmetic(decoder, coprocessor, config, problems, schedule);
     CHECK(augmented.total == 6);
     CHECK(augmented.correct == 0);
   }

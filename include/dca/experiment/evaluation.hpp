@@ -4,7 +4,7 @@
 //
 //   const auto problems = dca::held_out_problems(arithmetic, 200);
 //   const auto frozen = dca::score_arithmetic(decoder, arithmetic, problems);
-//   const auto augmented = dca::score_arithmetic(decoder, &coprocessor, arithmetic, problems, {});
+//   const auto augmented = dca::score_arithmetic(decoder, coprocessor, arithmetic, problems, {});
 //   std::printf("%.1f%% → %.1f%%\n", 100 * frozen.accuracy(), 100 * augmented.accuracy());
 //
 // The model reads a fixed few-shot context of training problems, one per line (the layout of the
@@ -17,7 +17,9 @@
 #include "dca/experiment/arithmetic.hpp"
 #include "dca/data/tokenizer.hpp"
 
+#include <algorithm>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -55,13 +57,14 @@ inline std::string arithmetic_context(const ArithmeticConfig& config, index_t sh
   return context;
 }
 
-/// Accuracy of greedy answers with the decoder augmented by `coprocessor` on `schedule` (only its
-/// after_prompt, asynchronous and delay fields matter for answers this short); null: the frozen
-/// decoder alone (bit-identical to plain cached decoding).
-template <Scalar T, index_t NumLatents, AheadObjective Objective>
-ArithmeticScore score_arithmetic(Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>* coprocessor,
-                                 const ArithmeticConfig& config, std::span<const Problem> problems,
-                                 const AugmentationSchedule& schedule, index_t shots = 4) {
+namespace detail {
+
+// Greedy answers, up to a newline or answer_budget bytes, after the few-shot context: one call of
+// `answer(prompt, greedy, capacity)` per problem, which returns the generated tokens; `capacity` fits
+// the longest prompt, the answer and `extra_slots` more (latents).
+template <class Answer>
+ArithmeticScore score_greedy(const ArithmeticConfig& config, std::span<const Problem> problems, index_t shots,
+                             index_t extra_slots, Answer&& answer) {
   const ByteTokenizer tokenizer;
   const std::string context = arithmetic_context(config, shots);
   const index_t budget = answer_budget(config);
@@ -71,20 +74,42 @@ ArithmeticScore score_arithmetic(Decoder<T>& decoder, Coprocessor<T, NumLatents,
   greedy.stop_tokens = {static_cast<index_t>('\n')};
   index_t longest_prompt = 0;
   for (const Problem& problem : problems) longest_prompt = std::max<index_t>(longest_prompt, static_cast<index_t>(problem.prompt.size()));
-  const index_t capacity = static_cast<index_t>(context.size()) + longest_prompt + budget + NumLatents + 1;
-  AugmentedSession<T, NumLatents, Objective> session(decoder, coprocessor, capacity);
+  const index_t capacity = static_cast<index_t>(context.size()) + longest_prompt + budget + extra_slots + 1;
   return score_answers(problems, [&](const Problem& problem) {
-    const std::vector<index_t> prompt = tokenizer.encode(context + problem.prompt);
-    const AugmentedGeneration generation = session.generate(prompt, greedy, schedule);
-    return tokenizer.decode(generation.result.tokens);
+    return tokenizer.decode(answer(tokenizer.encode(context + problem.prompt), greedy, capacity));
   });
 }
 
-/// Accuracy of the frozen decoder alone.
+}  // namespace detail
+
+/// Accuracy of greedy answers with the decoder augmented by `coprocessor` on `schedule` (only its
+/// after_prompt, asynchronous and delay fields matter for answers this short).
+template <Scalar T, index_t NumLatents, AheadObjective Objective>
+ArithmeticScore score_arithmetic(Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>& coprocessor,
+                                 const ArithmeticConfig& config, std::span<const Problem> problems,
+                                 const AugmentationSchedule& schedule, index_t shots = 4) {
+  std::optional<AugmentedSession<T, NumLatents, Objective>> session;
+  return detail::score_greedy(
+      config, problems, shots, NumLatents,
+      [&](const std::vector<index_t>& prompt, const GenerationConfig& greedy, index_t capacity) {
+        if (!session) session.emplace(decoder, &coprocessor, capacity);
+        return session->generate(prompt, greedy, schedule).result.tokens;
+      });
+}
+
+/// Accuracy of the frozen decoder alone: plain cached greedy decoding.
 template <Scalar T>
 ArithmeticScore score_arithmetic(Decoder<T>& decoder, const ArithmeticConfig& config, std::span<const Problem> problems,
                                  index_t shots = 4) {
-  return score_arithmetic<T, 1, UniformAhead>(decoder, nullptr, config, problems, {}, shots);
+  std::optional<KVCache<T>> cache;
+  Tape<T> tape;
+  return detail::score_greedy(
+      config, problems, shots, 0,
+      [&](const std::vector<index_t>& prompt, const GenerationConfig& greedy, index_t capacity) {
+        if (!cache) cache.emplace(decoder.config(), capacity);
+        cache->reset();
+        return generate(tape, decoder, *cache, prompt, greedy).tokens;
+      });
 }
 
 }  // namespace dca
