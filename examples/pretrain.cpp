@@ -21,7 +21,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,9 +69,11 @@ int main(int argc, char** argv) {
   std::string architecture = "llama";
   index_t layers = 4, heads = 4, dim = 128, mlp = 384;
   dca::TrainerConfig run;
-  run.total_steps = 3200;
+  dca::OptimizationConfig& optimization = run.optimization;
+  optimization.total_steps = 3200;
+  run.curve = {.directory = "", .every = 10, .evaluate_every = 400, .eval_batches = 40};
   int threads = 2;
-  index_t eval_every = 400, eval_batches = 40, checkpoint_every = 500, sample_bytes = 300;
+  index_t checkpoint_every = 500, sample_bytes = 300;
   double fortunes_weight = 1.0, dictionary_weight = 1.0, time_limit_minutes = 0;
   dca::GenerationConfig sampling;
   sampling.temperature = 0.8;
@@ -89,12 +90,13 @@ int main(int argc, char** argv) {
   app.add_option("--mlp", mlp, "MLP width")->capture_default_str();
   app.add_option("--seq-len", run.seq_len, "bytes per training sequence")->capture_default_str();
   app.add_option("--batch", run.batch_size, "sequences per step")->capture_default_str();
-  app.add_option("--steps", run.total_steps, "optimizer steps (the cosine schedule spans them)")->capture_default_str();
-  app.add_option("--max-lr", run.max_lr, "peak learning rate")->capture_default_str();
-  app.add_option("--min-lr", run.min_lr, "final learning rate")->capture_default_str();
-  app.add_option("--warmup", run.warmup_steps, "linear warmup steps")->capture_default_str();
-  app.add_option("--weight-decay", run.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
-  app.add_option("--clip", run.grad_clip, "global gradient-norm clip (0: off)")->capture_default_str();
+  app.add_option("--steps", optimization.total_steps, "optimizer steps (the cosine schedule spans them)")
+      ->capture_default_str();
+  app.add_option("--max-lr", optimization.max_lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", optimization.min_lr, "final learning rate")->capture_default_str();
+  app.add_option("--warmup", optimization.warmup_steps, "linear warmup steps")->capture_default_str();
+  app.add_option("--weight-decay", optimization.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  app.add_option("--clip", optimization.grad_clip, "global gradient-norm clip (0: off)")->capture_default_str();
   app.add_option("--seed", run.seed, "batch sampler and initialisation seed")->capture_default_str();
   app.add_option("--threads", threads, "threads for GEMMs and parallel loops")->capture_default_str();
   app.add_option("--fortunes", fortunes_dir, "directory of fortune files (\"\" to skip)")->capture_default_str();
@@ -102,10 +104,15 @@ int main(int argc, char** argv) {
   app.add_option("--text", extra_text, "more plain-text files to mix in (weight 1 each)");
   app.add_option("--fortunes-weight", fortunes_weight, "sampling weight of the fortunes")->capture_default_str();
   app.add_option("--dictionary-weight", dictionary_weight, "sampling weight of the dictionary")->capture_default_str();
-  app.add_option("--eval-every", eval_every, "steps between held-out evaluations")->capture_default_str();
-  app.add_option("--eval-batches", eval_batches, "held-out batches per evaluation")->capture_default_str();
+  app.add_option("--log-every", run.curve.every, "steps per row of <out>/learning_curve.csv (and .svg)")
+      ->capture_default_str();
+  app.add_option("--eval-every", run.curve.evaluate_every,
+                 "steps between held-out evaluations (a multiple of --log-every)")
+      ->capture_default_str();
+  app.add_option("--eval-batches", run.curve.eval_batches, "held-out batches per evaluation")->capture_default_str();
   app.add_option("--checkpoint-every", checkpoint_every, "steps between checkpoints")->capture_default_str();
-  app.add_option("--out", out_dir, "output directory: checkpoint, loss log, Hugging Face model")->capture_default_str();
+  app.add_option("--out", out_dir, "output directory: checkpoint, learning curve, Hugging Face model")
+      ->capture_default_str();
   app.add_flag("--resume", resume, "continue from <out>/checkpoint.safetensors");
   app.add_option("--time-limit", time_limit_minutes, "stop after this many minutes (0: none)")->capture_default_str();
   app.add_option("--sample-bytes", sample_bytes, "bytes to generate at the end")->capture_default_str();
@@ -115,7 +122,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--prompt", prompt, "prompt of the generated sample")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (app.count("--warmup") == 0) run.warmup_steps = std::min(run.warmup_steps, run.total_steps / 10);
+  if (app.count("--warmup") == 0)
+    optimization.warmup_steps = std::min(optimization.warmup_steps, optimization.total_steps / 10);
 
   try {
     sampling.seed = run.seed;
@@ -147,53 +155,51 @@ int main(int argc, char** argv) {
     dca::Decoder<float> model(config, run.seed);
     std::printf("model %s: %ld layers, d=%ld, %ld heads, %ld parameters; %ld steps of %ld×%ld bytes, %d threads\n",
                 architecture.c_str(), static_cast<long>(layers), static_cast<long>(dim), static_cast<long>(heads),
-                static_cast<long>(model.parameter_count()), static_cast<long>(run.total_steps),
+                static_cast<long>(model.parameter_count()), static_cast<long>(optimization.total_steps),
                 static_cast<long>(run.batch_size), static_cast<long>(run.seq_len), threads);
     std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
 
     std::filesystem::create_directories(out_dir);
     const auto checkpoint = std::filesystem::path(out_dir) / "checkpoint.safetensors";
+    run.curve.directory = out_dir;
     dca::Trainer<float> trainer(model, corpus, run);
     if (resume) {
       trainer.load_checkpoint(checkpoint);
       std::printf("resumed from %s at step %ld\n", checkpoint.c_str(), static_cast<long>(trainer.step_count()));
     }
-    std::ofstream log(std::filesystem::path(out_dir) / "loss.csv", resume ? std::ios::app : std::ios::trunc);
-    if (!resume) log << "step,seconds,tokens,train_loss,validation_loss,learning_rate\n";
 
     const auto start = Clock::now();
     const index_t tokens_per_step = run.batch_size * run.seq_len;
     const index_t first_step = trainer.step_count();
-    double smoothed = 0, validation = std::nan("");
+    double smoothed = 0;
     auto last_draw = start;
-    while (trainer.step_count() < run.total_steps) {
-      const double lr = trainer.learning_rate();
+    while (trainer.step_count() < optimization.total_steps) {
       const double loss = trainer.step();
       smoothed = trainer.step_count() == first_step + 1 ? loss : 0.95 * smoothed + 0.05 * loss;
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       const double rate = static_cast<double>((trainer.step_count() - first_step) * tokens_per_step) / elapsed;
       const index_t step = trainer.step_count();
-      const bool evaluate = step % eval_every == 0 || step == run.total_steps;
-      if (evaluate) validation = trainer.validation_loss(eval_batches);
-      log << step << ',' << elapsed << ',' << step * tokens_per_step << ',' << loss << ','
-          << (evaluate ? std::to_string(validation) : "") << ',' << lr << '\n';
-      if (std::chrono::duration<double>(Clock::now() - last_draw).count() > 0.25 || evaluate) {
-        const double eta = static_cast<double>((run.total_steps - step) * tokens_per_step) / rate;
-        examples::draw_progress(step, run.total_steps, smoothed, rate, "tok", eta);
+      const dca::LearningCurve* curve = trainer.learning_curve();
+      const bool evaluated =
+          curve != nullptr && curve->rows() > 0 && curve->last().step == step && !curve->last().held_out.empty();
+      if (std::chrono::duration<double>(Clock::now() - last_draw).count() > 0.25 || evaluated) {
+        const double eta = static_cast<double>((optimization.total_steps - step) * tokens_per_step) / rate;
+        examples::draw_progress(step, optimization.total_steps, smoothed, rate, "tok", eta);
         last_draw = Clock::now();
       }
-      if (evaluate)
-        std::printf("\n  held-out loss %.4f nats/byte (%.3f bits) at step %ld, %s\n", validation, validation / std::log(2.0),
-                    static_cast<long>(step), examples::format_duration(elapsed).c_str());
-      if (step % checkpoint_every == 0 || step == run.total_steps) trainer.save_checkpoint(checkpoint);
+      if (evaluated) {
+        const double held_out = curve->last().held_out.front();
+        std::printf("\n  held-out loss %.4f nats/byte (%.3f bits) at step %ld, %s\n", held_out,
+                    held_out / std::log(2.0), static_cast<long>(step), examples::format_duration(elapsed).c_str());
+      }
+      if (step % checkpoint_every == 0 || step == optimization.total_steps) trainer.save_checkpoint(checkpoint);
       if (time_limit_minutes > 0 && elapsed > time_limit_minutes * 60) {
         std::printf("\ntime limit reached at step %ld\n", static_cast<long>(step));
         trainer.save_checkpoint(checkpoint);
         break;
       }
     }
-    log.flush();
-    const double final_loss = trainer.validation_loss(eval_batches);
+    const double final_loss = trainer.validation_loss(run.curve.eval_batches);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::printf("\nfinal held-out loss %.4f nats/byte after %ld steps in %s\n", final_loss,
                 static_cast<long>(trainer.step_count()), examples::format_duration(seconds).c_str());

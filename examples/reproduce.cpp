@@ -83,15 +83,15 @@ Profile quick_profile() {
   p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 64, .layers = 2, .heads = 2, .mlp = 192});
   p.pretrain.batch_size = 16;
   p.pretrain.seq_len = 96;
-  p.pretrain.total_steps = 1000;
-  p.pretrain.warmup_steps = 100;
+  p.pretrain.optimization.total_steps = 1000;
+  p.pretrain.optimization.warmup_steps = 100;
   p.arithmetic_bytes = 1 << 20;
   p.arithmetic = task();
   p.coprocessor.batch_size = 4;
   p.coprocessor.seq_len = 96;
   p.coprocessor.points_per_sequence = 8;
-  p.coprocessor.total_steps = 60;
-  p.coprocessor.warmup_steps = 6;
+  p.coprocessor.optimization.total_steps = 60;
+  p.coprocessor.optimization.warmup_steps = 6;
   p.latent_counts = {1, 4, 16};
   p.ablation_latents = 4;
   p.lora_ranks = {4, 16};
@@ -112,14 +112,14 @@ Profile full_profile() {
   p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 128, .layers = 4, .heads = 4, .mlp = 384});
   p.pretrain.batch_size = 16;
   p.pretrain.seq_len = 128;
-  p.pretrain.total_steps = 4800;
-  p.pretrain.warmup_steps = 100;
+  p.pretrain.optimization.total_steps = 4800;
+  p.pretrain.optimization.warmup_steps = 100;
   p.arithmetic_bytes = 8 << 20;
   p.coprocessor.batch_size = 8;
   p.coprocessor.seq_len = 128;
   p.coprocessor.points_per_sequence = 16;
-  p.coprocessor.total_steps = 300;
-  p.coprocessor.warmup_steps = 30;
+  p.coprocessor.optimization.total_steps = 300;
+  p.coprocessor.optimization.warmup_steps = 30;
   p.latent_counts = {1, 2, 4, 8, 16};
   p.eval_batches = 8;
   p.problems = 300;
@@ -134,14 +134,14 @@ Profile smoke_profile() {
   p.decoder = dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 1, .heads = 2, .mlp = 64});
   p.pretrain.batch_size = 4;
   p.pretrain.seq_len = 64;
-  p.pretrain.total_steps = 20;
-  p.pretrain.warmup_steps = 2;
+  p.pretrain.optimization.total_steps = 20;
+  p.pretrain.optimization.warmup_steps = 2;
   p.arithmetic_bytes = 64 << 10;
   p.coprocessor.batch_size = 2;
   p.coprocessor.seq_len = 64;
   p.coprocessor.points_per_sequence = 2;
-  p.coprocessor.total_steps = 2;
-  p.coprocessor.warmup_steps = 1;
+  p.coprocessor.optimization.total_steps = 2;
+  p.coprocessor.optimization.warmup_steps = 1;
   p.latent_counts = {1, 2};
   p.ablation_latents = 2;
   p.lora_ranks = {2};
@@ -194,11 +194,11 @@ std::string fingerprint(const Profile& p) {
   };
   f << "profile " << p.name << "\ndecoder " << d.architecture << " " << d.hidden_size << " " << d.n_layers << " "
     << d.n_heads << " " << d.n_kv_heads << " " << d.intermediate_size << "\npretrain " << p.pretrain.batch_size << " "
-    << p.pretrain.seq_len << " " << p.pretrain.total_steps << " " << p.pretrain.warmup_steps << " " << p.pretrain.max_lr
+    << p.pretrain.seq_len << " " << p.pretrain.optimization.total_steps << " " << p.pretrain.optimization.warmup_steps << " " << p.pretrain.optimization.max_lr
     << " " << p.pretrain.seed << "\nmixture " << p.arithmetic_weight << " " << p.arithmetic_bytes << " "
     << p.arithmetic.held_out_percent << " " << p.arithmetic.seed << "\ncoprocessor " << p.coprocessor.batch_size << " "
-    << p.coprocessor.seq_len << " " << p.coprocessor.points_per_sequence << " " << p.coprocessor.total_steps << " "
-    << p.coprocessor.max_lr << " " << p.n_ahead << "\nsweeps " << list(p.latent_counts) << "| " << p.ablation_latents
+    << p.coprocessor.seq_len << " " << p.coprocessor.points_per_sequence << " " << p.coprocessor.optimization.total_steps << " "
+    << p.coprocessor.optimization.max_lr << " " << p.n_ahead << "\nsweeps " << list(p.latent_counts) << "| " << p.ablation_latents
     << " | " << list(p.lora_ranks) << "| " << list(p.ahead_sweep) << "| " << list(p.delays) << "| " << list(p.seeds)
     << "\nevaluation " << p.horizon << " " << p.eval_batches << " " << p.problems << "\n";
   for (const auto& op : p.arithmetic.operations)
@@ -255,13 +255,13 @@ RunResult train_and_evaluate(const Context& c, const Variant& v, std::uint64_t s
   const auto start = Clock::now();
   double smoothed = 0;
   std::printf("%s\n", title.c_str());
-  while (trainer.step_count() < run.total_steps) {
+  while (trainer.step_count() < run.optimization.total_steps) {
     const double loss = trainer.step();
     smoothed = trainer.step_count() == 1 ? loss : 0.9 * smoothed + 0.1 * loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double rate = static_cast<double>(trainer.step_count()) / elapsed;
-    examples::draw_progress(trainer.step_count(), run.total_steps, smoothed, rate, "steps",
-                            static_cast<double>(run.total_steps - trainer.step_count()) / rate);
+    examples::draw_progress(trainer.step_count(), run.optimization.total_steps, smoothed, rate, "steps",
+                            static_cast<double>(run.optimization.total_steps - trainer.step_count()) / rate);
   }
   r.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   r.steps = trainer.step_count();
@@ -509,7 +509,7 @@ std::string report(const Context& c, const Results& res, const std::string& comm
                 static_cast<long>(res.pretrain_steps), static_cast<long>(p.pretrain.batch_size),
                 static_cast<long>(p.pretrain.seq_len), examples::format_duration(res.pretrain_seconds).c_str(),
                 res.pretrain_loss, p.arithmetic_weight, 100 * res.frozen_accuracy, static_cast<long>(p.problems),
-                static_cast<long>(p.coprocessor.total_steps), static_cast<long>(p.coprocessor.batch_size),
+                static_cast<long>(p.coprocessor.optimization.total_steps), static_cast<long>(p.coprocessor.batch_size),
                 static_cast<long>(p.coprocessor.seq_len), static_cast<long>(p.coprocessor.points_per_sequence),
                 static_cast<long>(p.n_ahead), [&] {
                   std::vector<index_t> s(p.seeds.begin(), p.seeds.end());
@@ -681,14 +681,14 @@ dca::Decoder<float> pretrained_decoder(const Context& c, Results& res, bool fres
   std::printf("pretraining the decoder (%ld parameters) on the mixture\n", static_cast<long>(model.parameter_count()));
   const auto start = Clock::now();
   double smoothed = 0;
-  while (trainer.step_count() < p.pretrain.total_steps) {
+  while (trainer.step_count() < p.pretrain.optimization.total_steps) {
     const double loss = trainer.step();
     smoothed = trainer.step_count() == 1 ? loss : 0.95 * smoothed + 0.05 * loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double rate = static_cast<double>(trainer.step_count() * p.pretrain.batch_size * p.pretrain.seq_len) / elapsed;
-    if (trainer.step_count() % 10 == 0 || trainer.step_count() == p.pretrain.total_steps)
-      examples::draw_progress(trainer.step_count(), p.pretrain.total_steps, smoothed, rate, "tok",
-                              static_cast<double>((p.pretrain.total_steps - trainer.step_count()) * p.pretrain.batch_size *
+    if (trainer.step_count() % 10 == 0 || trainer.step_count() == p.pretrain.optimization.total_steps)
+      examples::draw_progress(trainer.step_count(), p.pretrain.optimization.total_steps, smoothed, rate, "tok",
+                              static_cast<double>((p.pretrain.optimization.total_steps - trainer.step_count()) * p.pretrain.batch_size *
                                                   p.pretrain.seq_len) / rate);
   }
   res.pretrain_seconds = std::chrono::duration<double>(Clock::now() - start).count();

@@ -1,10 +1,13 @@
 // train_coprocessor — trains a coprocessor through a frozen, pretrained decoder on plain text and
 // reports the held-out loss of the n-th token after the latents, with and without augmentation.
+// The run directory (--out) gets the checkpoint and the learning curve (learning_curve.csv, .svg).
 //
 //   ./build/examples/pretrain                                  # once: writes runs/pretrain/model
 //   ./build/examples/train_coprocessor                         # N_L = 16, N_A = 16, K = 16
 //   ./build/examples/train_coprocessor --latents 4 --steps 300 --lora-rank 8
 //   ./build/examples/train_coprocessor --latents 1 --decay 0.7      # nearer ahead tokens weigh more
+//   ./build/examples/train_coprocessor --new-lr-mult 10 --curve-eval-every 50   # new parameters at 10×,
+//                                                              # held-out losses in the learning curve
 //   ./build/examples/train_coprocessor --help                  # every option
 #include <dca/coproc/dispatch.hpp>
 #include <dca/coproc/trainer.hpp>
@@ -64,7 +67,11 @@ int run(const Options& o, Objective objective) {
   auto decoder = dca::load_hf_decoder<float>(o.decoder_dir);
   decoder.freeze();
   dca::Coprocessor<float, NumLatents, Objective> coprocessor(decoder, o.coprocessor, objective);
-  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
+  std::filesystem::create_directories(o.out_dir);
+  dca::CoprocessorTrainerConfig training = o.run;
+  training.curve.directory = o.out_dir;
+  training.curve.eval_points = o.eval_points;
+  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, training);
   index_t trainable = 0;
   for (auto* p : coprocessor.parameters()) trainable += p->numel();
   std::printf("decoder %s (%ld parameters, frozen); coprocessor with N_L = %ld, N_A = %ld, K = %ld: %ld trainable "
@@ -76,20 +83,21 @@ int run(const Options& o, Objective objective) {
   const auto before = trainer.evaluate(o.eval_batches, o.eval_points);
   const auto start = Clock::now();
   double smoothed = 0;
-  while (trainer.step_count() < o.run.total_steps) {
+  while (trainer.step_count() < o.run.optimization.total_steps) {
     const double loss = trainer.step();
     smoothed = trainer.step_count() == 1 ? loss : 0.95 * smoothed + 0.05 * loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double rate = static_cast<double>(trainer.step_count()) / elapsed;
-    examples::draw_progress(trainer.step_count(), o.run.total_steps, smoothed, rate, "steps",
-                            static_cast<double>(o.run.total_steps - trainer.step_count()) / rate);
+    examples::draw_progress(trainer.step_count(), o.run.optimization.total_steps, smoothed, rate, "steps",
+                            static_cast<double>(o.run.optimization.total_steps - trainer.step_count()) / rate);
   }
-  std::filesystem::create_directories(o.out_dir);
   const auto checkpoint = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
   trainer.save_checkpoint(checkpoint);
   std::printf("\ntrained in %s; saved %s\n",
               examples::format_duration(std::chrono::duration<double>(Clock::now() - start).count()).c_str(),
               checkpoint.c_str());
+  if (const dca::LearningCurve* curve = trainer.learning_curve())
+    std::printf("learning curve: %s, %s\n", curve->csv_path().c_str(), curve->svg_path().c_str());
   print_table(before, trainer.evaluate(o.eval_batches, o.eval_points));
   return 0;
 }
@@ -105,11 +113,14 @@ int with_latents(const Options& o, Objective objective) {
 int main(int argc, char** argv) {
   CLI::App app{"Train a coprocessor through a frozen decoder (differentiable cache augmentation)"};
   Options o;
-  o.run.total_steps = 600;
+  o.run.optimization.total_steps = 600;
+  o.run.curve.every = 10;
+  o.run.curve.eval_batches = 2;
   std::string form = "residual", positions = "insertion-point", rule = "causal", input = "kv-cache";
   bool pause = false, random_init = false;
   app.add_option("--decoder", o.decoder_dir, "pretrained decoder (Hugging Face directory)")->capture_default_str();
-  app.add_option("--out", o.out_dir, "where the coprocessor checkpoint goes")->capture_default_str();
+  app.add_option("--out", o.out_dir, "run directory: the coprocessor checkpoint and the learning curve")
+      ->capture_default_str();
   app.add_option("--latents", o.latents, "N_L latents: 1, 2, 4, 8, 16 or 32")->capture_default_str();
   app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")->capture_default_str();
   app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
@@ -122,13 +133,23 @@ int main(int argc, char** argv) {
   app.add_flag("--pause", pause, "pause-token baseline: input-independent latents");
   app.add_flag("--random-init", random_init, "initialise the coprocessor randomly instead of from the decoder");
   app.add_option("--lora-rank", o.coprocessor.lora_rank, "0: full fine-tuning; r: LoRA adapters of rank r")->capture_default_str();
-  app.add_option("--steps", o.run.total_steps, "training steps")->capture_default_str();
+  app.add_option("--steps", o.run.optimization.total_steps, "training steps")->capture_default_str();
   app.add_option("--batch", o.run.batch_size, "sequences per step")->capture_default_str();
   app.add_option("--seq-len", o.run.seq_len, "tokens per sequence")->capture_default_str();
-  app.add_option("--max-lr", o.run.max_lr, "peak learning rate")->capture_default_str();
-  app.add_option("--min-lr", o.run.min_lr, "final learning rate")->capture_default_str();
-  app.add_option("--warmup", o.run.warmup_steps, "warmup steps")->capture_default_str();
+  app.add_option("--max-lr", o.run.optimization.max_lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", o.run.optimization.min_lr, "final learning rate")->capture_default_str();
+  app.add_option("--warmup", o.run.optimization.warmup_steps, "warmup steps")->capture_default_str();
+  app.add_option("--new-lr-mult", o.run.new_lr_multiplier,
+                 "learning-rate multiplier of the parameters initialised here (soft tokens, latent projection, LoRA B)")
+      ->capture_default_str();
   app.add_option("--seed", o.run.seed, "batches and augmentation points")->capture_default_str();
+  app.add_option("--curve-every", o.run.curve.every, "steps per row of <out>/learning_curve.csv and .svg (0: none)")
+      ->capture_default_str();
+  app.add_option("--curve-eval-every", o.run.curve.evaluate_every,
+                 "steps between held-out evaluations in the curve, a multiple of --curve-every (0: none)")
+      ->capture_default_str();
+  app.add_option("--curve-eval-batches", o.run.curve.eval_batches, "held-out batches per curve evaluation")
+      ->capture_default_str();
   app.add_option("--eval-batches", o.eval_batches, "held-out batches in the final table")->capture_default_str();
   app.add_option("--eval-points", o.eval_points, "augmentation points per held-out sequence (0: all)")->capture_default_str();
   app.add_option("--threads", o.threads, "threads")->capture_default_str();
@@ -151,7 +172,8 @@ int main(int argc, char** argv) {
     o.coprocessor.input = input == "kv-cache" ? dca::CoprocessorInput::kv_cache : dca::CoprocessorInput::last_layer;
     o.coprocessor.source = pause ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
     o.coprocessor.init_from_decoder = !random_init;
-    if (app.count("--warmup") == 0) o.run.warmup_steps = std::min(o.run.warmup_steps, o.run.total_steps / 10);
+    if (app.count("--warmup") == 0)
+      o.run.optimization.warmup_steps = std::min(o.run.optimization.warmup_steps, o.run.optimization.total_steps / 10);
     if (!(o.decay > 0 && o.decay <= 1)) throw dca::UsageError("--decay must lie in (0, 1]");
     if (o.decay == 1.0) return with_latents(o, dca::UniformAhead{});
     return with_latents(o, dca::GeometricAhead{o.decay});

@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -177,6 +178,42 @@ TEST_CASE("a LoRA coprocessor trains only its adapters, starts as its base, and 
   CHECK(dca::check_parameter_gradients(
       options, [&](dca::Tape<double>& t) { return lora.loss(t, decoder, ids, plan).loss; },
       std::span<dca::Parameter<double>* const>(checked)));
+}
+
+TEST_CASE(
+    "the new-parameter group holds the soft tokens, the latent projection and LoRA's B matrices, at its multiplier") {
+  const auto config = presets()[1];
+  dca::Decoder<double> decoder(config, 3);
+  decoder.freeze();
+  const auto names = [](const dca::ParameterGroup<double>& g) {
+    std::vector<std::string> out;
+    for (auto* p : g.parameters) out.push_back(p->name());
+    return out;
+  };
+  Cop<2> full(decoder, {.n_ahead = 2});
+  const auto full_groups = full.parameter_groups(10.0);
+  REQUIRE(full_groups.size() == 2);
+  CHECK(full_groups[0].name == "model");
+  CHECK(full_groups[0].lr_multiplier == 1.0);
+  CHECK(full_groups[0].parameters.size() == full.model().parameters().size());
+  CHECK(full_groups[1].name == "new");
+  CHECK(full_groups[1].lr_multiplier == 10.0);
+  CHECK(names(full_groups[1]) ==
+        std::vector<std::string>{"coprocessor.latent_projection.weight", "coprocessor.soft_tokens"});
+
+  Cop<2> lora(decoder, {.n_ahead = 2, .lora_rank = 2});
+  const auto lora_groups = lora.parameter_groups(10.0);
+  REQUIRE(lora_groups.size() == 2);
+  for (const auto& name : names(lora_groups[0])) CHECK(name.find("lora_A") != std::string::npos);
+  const auto fresh = names(lora_groups[1]);
+  CHECK(std::ranges::count_if(fresh, [](const std::string& n) { return n.find("lora_B") != std::string::npos; }) ==
+        static_cast<std::ptrdiff_t>(lora_groups[0].parameters.size()));  // one B per A
+  CHECK(lora.parameters().size() == lora_groups[0].parameters.size() + fresh.size());
+
+  Cop<2> pause(decoder, {.n_ahead = 2, .source = dca::LatentSource::pause});
+  const auto pause_groups = pause.parameter_groups(3.0);
+  REQUIRE(pause_groups.size() == 1);  // empty groups are left out
+  CHECK(names(pause_groups[0]) == std::vector<std::string>{"coprocessor.soft_tokens"});
 }
 
 TEST_CASE("pause tokens are the same latents for every input and train only themselves") {

@@ -6,7 +6,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <utility>
 #include <vector>
 
 #ifndef DCA_TEST_DATA_DIR
@@ -24,10 +27,10 @@ dca::CoprocessorTrainerConfig tiny_run() {
   c.batch_size = 2;
   c.seq_len = 24;
   c.points_per_sequence = 3;
-  c.warmup_steps = 2;
-  c.total_steps = 30;
-  c.max_lr = 1e-2;
-  c.min_lr = 1e-3;
+  c.optimization.warmup_steps = 2;
+  c.optimization.total_steps = 30;
+  c.optimization.max_lr = 1e-2;
+  c.optimization.min_lr = 1e-3;
   return c;
 }
 
@@ -39,12 +42,12 @@ dca::Decoder<float> pretrained_decoder(const dca::CorpusMixture& corpus) {
   dca::TrainerConfig run;
   run.batch_size = 4;
   run.seq_len = 32;
-  run.warmup_steps = 5;
-  run.total_steps = 60;
-  run.max_lr = 5e-3;
-  run.min_lr = 5e-4;
+  run.optimization.warmup_steps = 5;
+  run.optimization.total_steps = 60;
+  run.optimization.max_lr = 5e-3;
+  run.optimization.min_lr = 5e-4;
   dca::Trainer<float> trainer(decoder, corpus, run);
-  while (trainer.step_count() < run.total_steps) trainer.step();
+  while (trainer.step_count() < run.optimization.total_steps) trainer.step();
   decoder.freeze();
   return decoder;
 }
@@ -79,7 +82,7 @@ TEST_CASE("training the coprocessor lowers the augmented training loss through a
   c.n_ahead = 4;
   dca::Coprocessor<float, 2> coprocessor(decoder, c);
   auto run = tiny_run();
-  run.total_steps = 40;
+  run.optimization.total_steps = 40;
   dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
   double first = 0, last = 0;
   for (int i = 0; i < 40; ++i) {
@@ -122,34 +125,102 @@ TEST_CASE("on one fixed batch the latents alone steer the frozen decoder's next-
   CHECK(augmented_next < 0.8 * frozen_next);  // measured: 3.09 -> 2.27
 }
 
-TEST_CASE("a coprocessor run resumed from a checkpoint continues bit-identically") {
+TEST_CASE(
+    "a coprocessor run resumed from a checkpoint continues bit-identically, its new parameters at 1× or 10× the rate") {
   const auto corpus = sample_corpus();
-  const auto path = std::filesystem::temp_directory_path() / ("dca-coproc-" + std::to_string(::getpid()) + ".safetensors");
+  dca::test::TempDir dir;
+  const auto path = dir.path / "coprocessor.safetensors";
   dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
                               1);
   decoder.freeze();
   dca::CoprocessorConfig c;
   c.n_ahead = 3;
-  std::vector<double> expected, resumed;
-  {
+  for (const double multiplier : {1.0, 10.0}) {
+    CAPTURE(multiplier);
+    auto run = tiny_run();
+    run.new_lr_multiplier = multiplier;
+    std::vector<double> expected, resumed;
+    {
+      dca::Coprocessor<float, 2> coprocessor(decoder, c);
+      dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+      for (int i = 0; i < 6; ++i) expected.push_back(trainer.step());
+    }
+    {
+      dca::Coprocessor<float, 2> coprocessor(decoder, c);
+      dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+      for (int i = 0; i < 3; ++i) resumed.push_back(trainer.step());
+      trainer.save_checkpoint(path);
+    }
     dca::Coprocessor<float, 2> coprocessor(decoder, c);
-    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, tiny_run());
-    for (int i = 0; i < 6; ++i) expected.push_back(trainer.step());
-  }
-  {
-    dca::Coprocessor<float, 2> coprocessor(decoder, c);
-    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, tiny_run());
+    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+    trainer.load_checkpoint(path);
     for (int i = 0; i < 3; ++i) resumed.push_back(trainer.step());
-    trainer.save_checkpoint(path);
+    CHECK(resumed == expected);
   }
-  dca::Coprocessor<float, 2> coprocessor(decoder, c);
-  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, tiny_run());
-  trainer.load_checkpoint(path);
-  for (int i = 0; i < 3; ++i) resumed.push_back(trainer.step());
-  CHECK(resumed == expected);
   dca::Coprocessor<float, 3> other_shape(decoder, c);
   dca::CoprocessorTrainer other(decoder, other_shape, corpus, tiny_run());
   CHECK_THROWS_WITH_AS(other.load_checkpoint(path), doctest::Contains("with 2 latents and N_A = 3, not 3 and 3"),
                        dca::FormatError);
-  std::filesystem::remove(path);
+}
+
+TEST_CASE(
+    "the new parameters' rate multiplier moves the soft tokens ten times as far, and the copied weights as before") {
+  const auto corpus = sample_corpus();
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
+                              1);
+  decoder.freeze();
+  dca::CoprocessorConfig c;
+  c.n_ahead = 3;
+  c.latent_form =
+      dca::LatentForm::normed;  // the residual form's zero projection would give the soft tokens no gradient yet
+  // AdamW's first step moves an element by lr·g/(|g| + eps) ≈ ±lr: ten times the rate, ten times as far.
+  const auto first_step = [&](double multiplier) {
+    dca::Coprocessor<float, 2> coprocessor(decoder, c);
+    auto run = tiny_run();
+    run.optimization.warmup_steps = 0;
+    run.new_lr_multiplier = multiplier;
+    const dca::Tensor<float> soft = coprocessor.soft_tokens().value();
+    const dca::Tensor<float> weight = coprocessor.model().parameters()[1]->value();
+    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+    trainer.step();
+    double soft_moved = 0, weight_moved = 0;
+    for (dca::index_t i = 0; i < soft.numel(); ++i)
+      soft_moved = std::max<double>(soft_moved, std::abs(coprocessor.soft_tokens().value()[i] - soft[i]));
+    for (dca::index_t i = 0; i < weight.numel(); ++i)
+      weight_moved =
+          std::max<double>(weight_moved, std::abs(coprocessor.model().parameters()[1]->value()[i] - weight[i]));
+    return std::pair{soft_moved, weight_moved};
+  };
+  const auto [soft_1, weight_1] = first_step(1.0);
+  const auto [soft_10, weight_10] = first_step(10.0);
+  CHECK(soft_10 == doctest::Approx(10 * soft_1).epsilon(1e-3));
+  CHECK(weight_10 == weight_1);
+}
+
+TEST_CASE("the coprocessor's learning curve holds each ahead position's held-out loss with and without the latents") {
+  const auto corpus = sample_corpus();
+  dca::test::TempDir dir;
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
+                              1);
+  decoder.freeze();
+  dca::CoprocessorConfig c;
+  c.n_ahead = 3;
+  dca::Coprocessor<float, 2> curved(decoder, c), plain(decoder, c);
+  auto run = tiny_run();
+  run.curve = {.directory = dir.path, .every = 2, .evaluate_every = 2, .eval_batches = 1, .eval_points = 2};
+  dca::CoprocessorTrainer with_curve(decoder, curved, corpus, run);
+  run.curve = {};
+  dca::CoprocessorTrainer without_curve(decoder, plain, corpus, run);
+  for (int i = 0; i < 2; ++i) CHECK(with_curve.step() == without_curve.step());
+  const dca::AheadEvaluation expected = without_curve.evaluate(1, 2);
+  const dca::CsvTable table = dca::read_csv(dir.path / "learning_curve.csv");
+  CHECK(table.header == dca::CsvRow{"step", "learning_rate", "train_loss", "held_out_augmented", "held_out_frozen",
+                                    "held_out_augmented_n1", "held_out_augmented_n2", "held_out_augmented_n3",
+                                    "held_out_frozen_n1", "held_out_frozen_n2", "held_out_frozen_n3"});
+  REQUIRE(table.rows.size() == 1);
+  const auto value = [&](const char* column) { return dca::parse_csv_number(table.rows[0][table.column(column)]); };
+  CHECK(value("held_out_augmented") == expected.mean_augmented());
+  CHECK(value("held_out_frozen") == expected.mean_baseline());
+  CHECK(value("held_out_augmented_n2") == expected.augmented[1]);
+  CHECK(value("held_out_frozen_n3") == expected.baseline[2]);
 }

@@ -122,6 +122,31 @@ TEST_CASE("AdamW matches a hand-computed three-step reference, decaying only the
   }
 }
 
+TEST_CASE("AdamW runs each parameter group at its multiple of the learning rate and with its own weight decay") {
+  // Base rate 0.2 × 0.5 = 0.1 exactly, adamw_reference's rate; the groups' decays 0.1 (the
+  // optimizer's, inherited) and 0 (the group's own), and a group at multiplier 0 that stays put.
+  auto inherited = make_parameter<double>("inherited.weight", Shape{1, 2}, initial);
+  auto own = make_parameter<double>("own.weight", Shape{1, 2}, initial);
+  auto still = make_parameter<double>("still.weight", Shape{1, 2}, initial);
+  dca::AdamW<double> optimizer(
+      std::vector<dca::ParameterGroup<double>>{
+          {.name = "inherited", .parameters = {&inherited}, .lr_multiplier = 0.5},
+          {.name = "own", .parameters = {&own}, .lr_multiplier = 0.5, .weight_decay = 0.0},
+          {.name = "still", .parameters = {&still}, .lr_multiplier = 0.0}},
+      {.lr = 0.2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1});
+  CHECK(optimizer.rate(0, 0.2) == 0.1);
+  for (std::size_t t = 0; t < 3; ++t) {
+    for (auto* p : {&inherited, &own, &still}) set_grad(*p, gradients[t]);
+    optimizer.step();
+  }
+  for (std::size_t e = 0; e < 2; ++e) {
+    const auto i = static_cast<dca::index_t>(e);
+    CHECK(inherited.value()[i] == doctest::Approx(adamw_reference(e, 0.1).p).epsilon(1e-12));
+    CHECK(own.value()[i] == doctest::Approx(adamw_reference(e, 0.0).p).epsilon(1e-12));
+    CHECK(still.value()[i] == initial[e]);
+  }
+}
+
 TEST_CASE("AdamW in float follows the double reference to float precision") {
   AdamRun<float> run(0.1);
   for (std::size_t t = 0; t < 3; ++t) run.step(t);

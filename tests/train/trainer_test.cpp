@@ -25,10 +25,10 @@ dca::TrainerConfig tiny_run() {
   dca::TrainerConfig c;
   c.batch_size = 4;
   c.seq_len = 32;
-  c.warmup_steps = 5;
-  c.total_steps = 40;
-  c.max_lr = 5e-3;
-  c.min_lr = 5e-4;
+  c.optimization.warmup_steps = 5;
+  c.optimization.total_steps = 40;
+  c.optimization.max_lr = 5e-3;
+  c.optimization.min_lr = 5e-4;
   return c;
 }
 

@@ -23,6 +23,7 @@
 #include "dca/coproc/objective.hpp"
 #include "dca/coproc/plan.hpp"
 #include "dca/nn/decoder.hpp"
+#include "dca/train/parameter_table.hpp"
 
 #include <cmath>
 #include <string>
@@ -102,6 +103,21 @@ class Coprocessor {
     }
     out.push_back(&soft_tokens_);
     return out;
+  }
+
+  /// The trainable parameters in two groups: "model", the coprocessor transformer's weights
+  /// (copied from the decoder by default), and "new", the parameters initialised here — the soft
+  /// tokens, the residual form's zero-initialised projection and LoRA's zero-initialised B
+  /// matrices — at `new_lr_multiplier` times the learning rate (LoRA+ and prompt tuning give such
+  /// parameters 10–30×). Empty groups are left out.
+  std::vector<ParameterGroup<T>> parameter_groups(double new_lr_multiplier = 1.0) {
+    ParameterGroup<T> model{"model", {}, 1.0, {}}, fresh{"new", {}, new_lr_multiplier, {}};
+    for (Parameter<T>* p : parameters())
+      (p == &soft_tokens_ || p == &projection_ || is_lora_b(p->name()) ? fresh : model).parameters.push_back(p);
+    std::vector<ParameterGroup<T>> groups;
+    for (ParameterGroup<T>* g : {&model, &fresh})
+      if (!g->parameters.empty()) groups.push_back(std::move(*g));
+    return groups;
   }
 
   // ---- latents --------------------------------------------------------------------------------

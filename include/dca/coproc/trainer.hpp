@@ -1,5 +1,7 @@
-// dca/coproc/trainer.hpp — training a coprocessor through a frozen decoder on plain text, and
-// evaluating it on held-out text (coproc/evaluate.hpp).
+// dca/coproc/trainer.hpp — training a coprocessor through a frozen decoder on plain text: what
+// each step computes (a fresh batch, fresh augmentation points, the structured loss). How it is
+// optimised — AdamW over parameter groups, the schedule, clipping, the learning curve, checkpoints —
+// is dca::TrainingLoop's.
 //
 //   decoder.freeze();
 //   dca::Coprocessor<float, 16> coprocessor(decoder, {.n_ahead = 16});
@@ -10,9 +12,8 @@
 
 #include "dca/coproc/coprocessor.hpp"
 #include "dca/coproc/evaluate.hpp"
-#include "dca/train/checkpoint.hpp"
 #include "dca/data/corpus.hpp"
-#include "dca/train/schedule.hpp"
+#include "dca/train/loop.hpp"
 
 #include <filesystem>
 #include <string>
@@ -24,20 +25,23 @@ struct CoprocessorTrainerConfig {
   index_t batch_size = 8;            // sequences per step
   index_t seq_len = 128;             // tokens per sequence
   index_t points_per_sequence = 16;  // K augmentation points per sequence, drawn afresh every step
-  double max_lr = 1e-3;              // peak learning rate (AdamW)
-  double min_lr = 1e-4;              // end of the cosine decay
-  index_t warmup_steps = 50;
-  index_t total_steps = 1000;
-  double weight_decay = 0.0;         // the coprocessor starts from trained weights: no decay by default
-  double grad_clip = 1.0;            // 0: off
   std::uint64_t seed = 1;            // batches and augmentation points
+  // The coprocessor starts from trained weights: a tenth of the pretraining rate, no decay.
+  OptimizationConfig optimization{
+      .max_lr = 1e-3, .min_lr = 1e-4, .warmup_steps = 50, .total_steps = 1000, .weight_decay = 0.0};
+  double new_lr_multiplier = 1.0;  // the rate of the parameters initialised here — soft tokens, the
+                                   // latent projection, LoRA's B — relative to the copied weights
+  LearningCurveConfig curve;       // off unless curve.every > 0; held-out rows: evaluate(eval_batches, eval_points)
 
   void validate() const {
     if (batch_size < 1 || seq_len < 2 || points_per_sequence < 1)
       detail::fail<RangeError>("CoprocessorTrainerConfig: batch_size ", batch_size, ", seq_len ", seq_len,
                                " and points_per_sequence ", points_per_sequence, " must be positive (seq_len ≥ 2)");
-    if (!(grad_clip >= 0)) detail::fail<RangeError>("CoprocessorTrainerConfig: grad_clip must be ≥ 0, got ", grad_clip);
-    WarmupCosine{max_lr, min_lr, warmup_steps, total_steps}.validate();
+    if (!(new_lr_multiplier >= 0) || !std::isfinite(new_lr_multiplier))
+      detail::fail<RangeError>("CoprocessorTrainerConfig: new_lr_multiplier = ", new_lr_multiplier,
+                               " must be finite and ≥ 0");
+    optimization.validate();
+    curve.validate();
   }
 };
 
@@ -45,32 +49,35 @@ template <Scalar T, index_t NumLatents, AheadObjective Objective>
 class CoprocessorTrainer {
  public:
   /// The decoder must be frozen; decoder, coprocessor and corpus must outlive the trainer.
-  CoprocessorTrainer(Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>& coprocessor, const CorpusMixture& corpus,
-                     CoprocessorTrainerConfig config)
-      : decoder_(decoder), coprocessor_(coprocessor), corpus_(corpus), config_(validated(config)),
-        optimizer_(coprocessor.parameters(), AdamWConfig{config.max_lr, 0.9, 0.95, 1e-8, config.weight_decay}),
-        sampler_(corpus, config.seed), points_rng_(config.seed + 1) {
+  CoprocessorTrainer(Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>& coprocessor,
+                     const CorpusMixture& corpus, CoprocessorTrainerConfig config)
+      : decoder_(decoder),
+        coprocessor_(coprocessor),
+        corpus_(corpus),
+        config_(validated(config)),
+        loop_(coprocessor.parameter_groups(config.new_lr_multiplier), config.optimization),
+        sampler_(corpus, config.seed),
+        points_rng_(config.seed + 1) {
     corpus.check_windows("CoprocessorTrainer", Split::train, config.seq_len);
     if (config.seq_len - coprocessor.config().n_ahead < config.points_per_sequence)
-      detail::fail<RangeError>("CoprocessorTrainer: ", config.points_per_sequence, " augmentation points with N_A = ",
-                               coprocessor.config().n_ahead, " ahead tokens do not fit sequences of ", config.seq_len);
+      detail::fail<RangeError>("CoprocessorTrainer: ", config.points_per_sequence,
+                               " augmentation points with N_A = ", coprocessor.config().n_ahead,
+                               " ahead tokens do not fit sequences of ", config.seq_len);
+    if (config_.curve.enabled())
+      loop_.record_curve(config_.curve, curve_columns(), [this](Tape<T>&) { return curve_row(); });
   }
 
   /// One optimizer step on a fresh batch with fresh augmentation points; returns the objective.
   double step() {
     const Batch batch = sampler_.sample(config_.batch_size, config_.seq_len);
-    const auto& sequences = batch.inputs;  // the window's first seq_len tokens
-    const AugmentationPlan plan = AugmentationPlan::random(config_.batch_size, config_.seq_len, config_.points_per_sequence,
-                                                           coprocessor_.config().n_ahead, points_rng_);
-    tape_.reset();
-    const AugmentedLoss<T> loss = coprocessor_.loss(tape_, decoder_, sequences, plan);
-    tape_.backward(loss.loss);
-    if (config_.grad_clip > 0) clip_grad_norm(coprocessor_.parameters(), config_.grad_clip);
-    optimizer_.step(learning_rate());
-    optimizer_.zero_grad();
-    ++step_count_;
-    last_per_position_ = loss.per_position;
-    return static_cast<double>(loss.loss.item());
+    const AugmentationPlan plan = AugmentationPlan::random(
+        config_.batch_size, config_.seq_len, config_.points_per_sequence, coprocessor_.config().n_ahead, points_rng_);
+    return loop_.step([&](Tape<T>& tape) {
+      AugmentedLoss<T> loss =
+          coprocessor_.loss(tape, decoder_, batch.inputs, plan);  // the window's first seq_len tokens
+      last_per_position_ = std::move(loss.per_position);
+      return loss.loss;
+    });
   }
 
   /// Held-out per-position losses over up to `max_batches` fixed validation batches, each
@@ -80,39 +87,37 @@ class CoprocessorTrainer {
     return evaluate_ahead(decoder_, coprocessor_, std::span<const Batch>(batches), points, config_.seed + 7);
   }
 
-  double learning_rate() const {
-    return WarmupCosine{config_.max_lr, config_.min_lr, config_.warmup_steps, config_.total_steps}(step_count_);
-  }
-  index_t step_count() const { return step_count_; }
+  /// The learning rate of the next step (the new parameters' is new_lr_multiplier times it).
+  double learning_rate() const { return loop_.learning_rate(); }
+  index_t step_count() const { return loop_.step_count(); }
+  /// The learning curve (config.curve), or null when it is off.
+  const LearningCurve* learning_curve() const { return loop_.curve(); }
+  const CoprocessorTrainerConfig& config() const { return config_; }
   /// Per-position training losses of the last step.
   const std::vector<double>& last_per_position() const { return last_per_position_; }
 
   /// Coprocessor weights, optimizer state, step count and random states, atomically.
   void save_checkpoint(const std::filesystem::path& path) const {
-    write_checkpoint<T>(path, coprocessor_.parameters(), optimizer_,
-                        {{"step", std::to_string(step_count_)},
-                         {"sampler", sampler_.state()},
-                         {"points", points_rng_.state()},
-                         {"latents", std::to_string(NumLatents)},
-                         {"n_ahead", std::to_string(coprocessor_.config().n_ahead)}});
+    loop_.save_checkpoint(path, {{"sampler", sampler_.state()},
+                                 {"points", points_rng_.state()},
+                                 {"latents", std::to_string(NumLatents)},
+                                 {"n_ahead", std::to_string(coprocessor_.config().n_ahead)}});
   }
 
   /// Restores a checkpoint of a coprocessor of the same shape; nothing changes on error.
   void load_checkpoint(const std::filesystem::path& path) {
-    const std::string required[] = {"step", "sampler", "points", "latents", "n_ahead"};
-    const auto metadata = read_checkpoint<T>(path, coprocessor_.parameters(), optimizer_, required, [&](const auto& meta) {
+    const std::string required[] = {"sampler", "points", "latents", "n_ahead"};
+    const auto metadata = loop_.load_checkpoint(path, required, [&](const auto& meta) {
       if (meta.at("latents") != std::to_string(NumLatents) ||
           meta.at("n_ahead") != std::to_string(coprocessor_.config().n_ahead))
         detail::fail<FormatError>(path.string(), ": a checkpoint of a coprocessor with ", meta.at("latents"),
                                   " latents and N_A = ", meta.at("n_ahead"), ", not ", NumLatents, " and ",
                                   coprocessor_.config().n_ahead);
-      checkpoint_count(path.string(), meta, "step");
-      Rng(0).set_state(meta.at("sampler"));
+      Rng(0).set_state(meta.at("sampler"));  // validates the texts before anything changes
       Rng(0).set_state(meta.at("points"));
     });
     sampler_.set_state(metadata.at("sampler"));
     points_rng_.set_state(metadata.at("points"));
-    step_count_ = checkpoint_count(path.string(), metadata, "step");
   }
 
  private:
@@ -121,15 +126,31 @@ class CoprocessorTrainer {
     return config;
   }
 
+  // The curve's held-out columns: the mean loss over n = 1..N_A with and without the latents
+  // (plotted), then each position's.
+  std::vector<CurveColumn> curve_columns() const {
+    std::vector<CurveColumn> columns{{"held_out_augmented", true}, {"held_out_frozen", true}};
+    for (const char* kind : {"augmented", "frozen"})
+      for (index_t n = 1; n <= coprocessor_.config().n_ahead; ++n)
+        columns.push_back({detail::concat("held_out_", kind, "_n", n), false});
+    return columns;
+  }
+
+  std::vector<double> curve_row() {
+    const AheadEvaluation table = evaluate(config_.curve.eval_batches, config_.curve.eval_points);
+    std::vector<double> row{table.mean_augmented(), table.mean_baseline()};
+    row.insert(row.end(), table.augmented.begin(), table.augmented.end());
+    row.insert(row.end(), table.baseline.begin(), table.baseline.end());
+    return row;
+  }
+
   Decoder<T>& decoder_;
   Coprocessor<T, NumLatents, Objective>& coprocessor_;
   const CorpusMixture& corpus_;
   CoprocessorTrainerConfig config_;
-  AdamW<T> optimizer_;
+  TrainingLoop<T> loop_;
   BatchSampler sampler_;
   Rng points_rng_;
-  Tape<T> tape_;
-  index_t step_count_ = 0;
   std::vector<double> last_per_position_;
 };
 

@@ -8,8 +8,13 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
 
 namespace dca {
+
+/// Whether a parameter name is a LoRA B matrix, as Linear::add_lora names them: the
+/// zero-initialised half of an adapter.
+inline bool is_lora_b(std::string_view name) { return name.ends_with(".lora_B.weight"); }
 
 template <Scalar T>
 class Linear {

@@ -13,30 +13,19 @@
 // for AdamW, "momentum_buffer" for SGD.
 #pragma once
 
-#include "dca/autodiff/parameter.hpp"
+#include "dca/train/parameter_table.hpp"
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <functional>
 #include <span>
 #include <string>
-#include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace dca {
-
-/// One named optimizer state tensor, as `state()` exports it and `load_state` reads it.
-/// The view borrows memory: from the optimizer (export) or from the caller (restore).
-template <Scalar T>
-struct StateTensor {
-  std::string name;
-  TensorView<const T> value;
-};
 
 /// The default weight-decay rule: decay matrices (rank >= 2), but not biases and norm weights
 /// (rank < 2) nor embeddings (the name contains "embed", "wte" or "wpe"), whose rows a decay
@@ -114,143 +103,6 @@ double sum_of_squares(const T* x, index_t n) {
   return total;
 }
 
-// RangeError naming `field` of `owner` unless the value is finite and >= 0 (> 0 when `positive`).
-inline void check_non_negative(const char* owner, const char* field, double value, bool positive = false) {
-  if (!std::isfinite(value) || value < 0 || (positive && value == 0))
-    fail<RangeError>(owner, ": ", field, " = ", value, " must be finite and ", positive ? "> 0" : ">= 0");
-}
-
-// RangeError naming `field` of `owner` unless the value lies in [0, 1) (decay rates).
-inline void check_decay_rate(const char* owner, const char* field, double value) {
-  if (!(value >= 0 && value < 1)) fail<RangeError>(owner, ": ", field, " = ", value, " is outside [0, 1)");
-}
-
-// A per-parameter state tensor: a counter is a rank-0 scalar holding a non-negative integer (AdamW's
-// step), any other slot has the parameter's shape.
-struct SlotSpec {
-  const char* name;
-  bool counter;
-};
-
-// The parameters an optimizer updates and their state tensors ("slots"), allocated (zeroed) at a
-// parameter's first update, exported and restored under the names "<parameter name>.<slot>".
-template <Scalar T>
-class SlotTable {
- public:
-  SlotTable(const char* optimizer, std::vector<Parameter<T>*> parameters, std::vector<SlotSpec> specs)
-      : optimizer_(optimizer),
-        parameters_(std::move(parameters)),
-        specs_(std::move(specs)),
-        slots_(parameters_.size()) {
-    for (std::size_t i = 0; i < parameters_.size(); ++i) {
-      if (parameters_[i] == nullptr) fail<UsageError>(optimizer_, ": parameter ", i, " is a null pointer");
-      if (!names_.emplace(parameters_[i]->name(), Location{i, specs_.size()}).second)
-        fail<UsageError>(optimizer_, ": two parameters are named '", parameters_[i]->name(),
-                         "'; state names must be unique");
-      for (std::size_t s = 0; s < specs_.size(); ++s)
-        if (!names_.emplace(state_name(i, s), Location{i, s}).second)
-          fail<UsageError>(optimizer_, ": state name '", state_name(i, s), "' is ambiguous");
-    }
-  }
-
-  std::size_t size() const { return parameters_.size(); }
-  std::span<Parameter<T>* const> parameters() const { return parameters_; }
-  Parameter<T>& parameter(std::size_t i) const { return *parameters_[i]; }
-
-  // Whether parameter i takes part in an update: not frozen and holding a gradient. Throws
-  // ShapeError when its gradient or its state no longer has its shape.
-  bool updatable(std::size_t i) const {
-    const Parameter<T>& p = *parameters_[i];
-    if (p.frozen() || !p.has_grad()) return false;
-    if (p.grad().shape() != p.shape())
-      fail<ShapeError>(optimizer_, ": parameter '", p.name(), "' has shape ", p.shape(), " but its gradient has shape ",
-                       p.grad().shape());
-    for (std::size_t s = 0; s < slots_[i].size(); ++s)
-      if (!specs_[s].counter && slots_[i][s].shape() != p.shape())
-        fail<ShapeError>(optimizer_, ": parameter '", p.name(), "' has shape ", p.shape(), " but its state '",
-                         state_name(i, s), "' has shape ", slots_[i][s].shape());
-    return true;
-  }
-
-  // Parameter i's slot tensors, allocated and zeroed on first use.
-  std::span<Tensor<T>> slots(std::size_t i) {
-    if (slots_[i].empty())
-      for (const SlotSpec& spec : specs_) slots_[i].emplace_back(spec.counter ? Shape{} : parameters_[i]->shape());
-    return slots_[i];
-  }
-
-  void zero_grad() const {
-    for (Parameter<T>* p : parameters_)
-      if (p->has_grad()) p->zero_grad();
-  }
-
-  std::vector<StateTensor<T>> state() const {
-    std::vector<StateTensor<T>> out;
-    for (std::size_t i = 0; i < parameters_.size(); ++i)
-      for (std::size_t s = 0; s < slots_[i].size(); ++s) out.push_back({state_name(i, s), slots_[i][s].view()});
-    return out;
-  }
-
-  // Replaces the whole state. Validates everything before changing anything.
-  void load(std::span<const StateTensor<T>> tensors) {
-    std::vector<std::vector<const StateTensor<T>*>> given(parameters_.size(),
-                                                          std::vector<const StateTensor<T>*>(specs_.size(), nullptr));
-    for (const StateTensor<T>& tensor : tensors) {
-      const auto found = names_.find(tensor.name);
-      if (found == names_.end() || found->second.slot == specs_.size())
-        fail<FormatError>(optimizer_, "::load_state: '", tensor.name, "' is not a state tensor of this optimizer",
-                          state_naming_hint());
-      const auto [i, s] = found->second;
-      if (given[i][s] != nullptr) fail<FormatError>(optimizer_, "::load_state: '", tensor.name, "' is given twice");
-      const Shape expected = specs_[s].counter ? Shape{} : parameters_[i]->shape();
-      if (tensor.value.shape() != expected)
-        fail<ShapeError>(optimizer_, "::load_state: '", tensor.name, "' has shape ", tensor.value.shape(),
-                         " but must have shape ", expected);
-      if (specs_[s].counter) {
-        const double count = static_cast<double>(tensor.value[0]);
-        if (!std::isfinite(count) || count < 0 || count != std::floor(count))
-          fail<FormatError>(optimizer_, "::load_state: '", tensor.name, "' holds ", count,
-                            ", not a non-negative whole number");
-      }
-      given[i][s] = &tensor;
-    }
-    for (std::size_t i = 0; i < parameters_.size(); ++i) {
-      const auto given_count = std::count_if(given[i].begin(), given[i].end(), [](auto* t) { return t != nullptr; });
-      if (given_count == 0 || given_count == static_cast<std::ptrdiff_t>(specs_.size())) continue;
-      const auto missing =
-          static_cast<std::size_t>(std::find(given[i].begin(), given[i].end(), nullptr) - given[i].begin());
-      fail<FormatError>(optimizer_, "::load_state: '", state_name(i, missing),
-                        "' is missing while other state of parameter '", parameters_[i]->name(), "' is given");
-    }
-    // Copied into fresh storage first: `tensors` may view the current state (load_state(state())).
-    std::vector<std::vector<Tensor<T>>> restored(parameters_.size());
-    for (std::size_t i = 0; i < parameters_.size(); ++i)
-      if (!given[i].empty() && given[i][0] != nullptr)
-        for (const StateTensor<T>* tensor : given[i]) restored[i].emplace_back(tensor->value);
-    slots_ = std::move(restored);
-  }
-
- private:
-  struct Location {
-    std::size_t parameter;
-    std::size_t slot;  // specs_.size() for the parameter's own name
-  };
-
-  std::string state_name(std::size_t i, std::size_t s) const { return parameters_[i]->name() + "." + specs_[s].name; }
-
-  std::string state_naming_hint() const {
-    std::string hint = " (its state tensors are named '<parameter name>.<slot>' with slots";
-    for (const SlotSpec& spec : specs_) hint += concat(" '", spec.name, "'");
-    return specs_.empty() ? " (it has no state)" : hint + ")";
-  }
-
-  const char* optimizer_;
-  std::vector<Parameter<T>*> parameters_;
-  std::vector<SlotSpec> specs_;
-  std::vector<std::vector<Tensor<T>>> slots_;  // per parameter: empty until its first update
-  std::unordered_map<std::string, Location> names_;
-};
-
 }  // namespace detail
 
 inline void AdamWConfig::validate() const {
@@ -267,10 +119,6 @@ inline void SgdConfig::validate() const {
   detail::check_non_negative("SgdConfig", "weight_decay", weight_decay);
 }
 
-/// Decides per parameter whether weight decay applies; evaluated once, at construction.
-template <Scalar T>
-using DecayRule = std::function<bool(const Parameter<T>&)>;
-
 /// AdamW (Loshchilov & Hutter) with PyTorch's exact update, per parameter p with gradient g and
 /// its own step count t (incremented at each update of p):
 ///   p ← p − lr·wd·p                      (decoupled decay, only when the decay rule says so)
@@ -280,14 +128,17 @@ using DecayRule = std::function<bool(const Parameter<T>&)>;
 template <Scalar T>
 class AdamW {
  public:
+  /// One group of `parameters` at the configured weight decay.
   AdamW(std::vector<Parameter<T>*> parameters, AdamWConfig config = {}, DecayRule<T> decays = default_decays<T>)
-      : config_(config),
-        table_("AdamW", std::move(parameters), {{"step", true}, {"exp_avg", false}, {"exp_avg_sq", false}}) {
-    config_.validate();
-    for (Parameter<T>* p : table_.parameters()) decays_.push_back(decays(*p));
-  }
+      : AdamW(std::vector<ParameterGroup<T>>{{.name = "parameters", .parameters = std::move(parameters)}}, config, std::move(decays)) {}
+  /// Parameter groups: each runs at its lr_multiplier times the step's rate, with its weight decay.
+  AdamW(std::span<const ParameterGroup<T>> groups, AdamWConfig config = {}, DecayRule<T> decays = default_decays<T>)
+      : config_(validated(config)),
+        table_("AdamW", groups, {{"step", true}, {"exp_avg", false}, {"exp_avg_sq", false}},
+               config.weight_decay, decays) {}
 
-  /// One update of every unfrozen parameter that has a gradient, at learning rate `lr` (>= 0).
+  /// One update of every unfrozen parameter that has a gradient, at learning rate `lr` (>= 0)
+  /// times its group's multiplier.
   void step(double lr) {
     detail::check_non_negative("AdamW::step", "lr", lr);
     ++step_count_;
@@ -295,14 +146,15 @@ class AdamW {
       if (!table_.updatable(i)) continue;
       Parameter<T>& parameter = table_.parameter(i);
       const std::span<Tensor<T>> slots = table_.slots(i);
+      const double rate = table_.rate(i, lr);
       // The count lives in a T scalar, as PyTorch's float32 `step`: for float it stops at 2²⁴ steps,
       // where βᵗ is negligible for any usual β.
       const double t = static_cast<double>(slots[0][0] += T(1));
       const double bias_correction1 = 1 - std::pow(config_.beta1, t);
       const double bias_correction2 = 1 - std::pow(config_.beta2, t);
-      const T decay = static_cast<T>(decays_[i] ? 1 - lr * config_.weight_decay : 1.0);
+      const T decay = static_cast<T>(table_.decays(i) ? 1 - rate * table_.weight_decay(i) : 1.0);
       const T beta1 = static_cast<T>(config_.beta1), beta2 = static_cast<T>(config_.beta2);
-      const T step_size = static_cast<T>(lr / bias_correction1);
+      const T step_size = static_cast<T>(rate / bias_correction1);
       const T sqrt_bias_correction2 = static_cast<T>(std::sqrt(bias_correction2));
       const T eps = static_cast<T>(config_.eps);
       T* p_data = parameter.value().data();
@@ -327,9 +179,12 @@ class AdamW {
   /// Number of `step` calls (restored by `load_state`).
   index_t step_count() const { return step_count_; }
   const AdamWConfig& config() const { return config_; }
+  /// Every group's parameters, in group order.
   std::span<Parameter<T>* const> parameters() const { return table_.parameters(); }
   /// Whether weight decay applies to parameters()[i].
-  bool decays(std::size_t i) const { return decays_[i]; }
+  bool decays(std::size_t i) const { return table_.decays(i); }
+  /// parameters()[i]'s learning rate at base rate `lr`: lr times its group's multiplier.
+  double rate(std::size_t i, double lr) const { return table_.rate(i, lr); }
 
   /// Every allocated state tensor: "<name>.step" (shape []), "<name>.exp_avg" and "<name>.exp_avg_sq"
   /// (the parameter's shape), in parameter order. Views stay valid until the next `load_state`.
@@ -344,9 +199,13 @@ class AdamW {
   }
 
  private:
+  static AdamWConfig validated(const AdamWConfig& config) {
+    config.validate();
+    return config;
+  }
+
   AdamWConfig config_;
-  detail::SlotTable<T> table_;
-  std::vector<bool> decays_;
+  detail::ParameterTable<T> table_;
   index_t step_count_ = 0;
 };
 
@@ -357,24 +216,28 @@ class AdamW {
 template <Scalar T>
 class Sgd {
  public:
+  /// One group of `parameters` at the configured weight decay.
   Sgd(std::vector<Parameter<T>*> parameters, SgdConfig config = {}, DecayRule<T> decays = default_decays<T>)
-      : config_(config),
-        table_("Sgd", std::move(parameters),
+      : Sgd(std::vector<ParameterGroup<T>>{{.name = "parameters", .parameters = std::move(parameters)}}, config, std::move(decays)) {}
+  /// Parameter groups: each runs at its lr_multiplier times the step's rate, with its weight decay.
+  Sgd(std::span<const ParameterGroup<T>> groups, SgdConfig config = {}, DecayRule<T> decays = default_decays<T>)
+      : config_(validated(config)),
+        table_("Sgd", groups,
                config.momentum > 0 ? std::vector<detail::SlotSpec>{{"momentum_buffer", false}}
-                                   : std::vector<detail::SlotSpec>{}) {
-    config_.validate();
-    for (Parameter<T>* p : table_.parameters()) decays_.push_back(decays(*p));
-  }
+                                   : std::vector<detail::SlotSpec>{},
+               config.weight_decay, decays) {}
 
-  /// One update of every unfrozen parameter that has a gradient, at learning rate `lr` (>= 0).
+  /// One update of every unfrozen parameter that has a gradient, at learning rate `lr` (>= 0)
+  /// times its group's multiplier.
   void step(double lr) {
     detail::check_non_negative("Sgd::step", "lr", lr);
     ++step_count_;
-    const T rate = static_cast<T>(lr), momentum = static_cast<T>(config_.momentum);
+    const T momentum = static_cast<T>(config_.momentum);
     for (std::size_t i = 0; i < table_.size(); ++i) {
       if (!table_.updatable(i)) continue;
       Parameter<T>& parameter = table_.parameter(i);
-      const T decay = static_cast<T>(decays_[i] ? config_.weight_decay : 0.0);
+      const T rate = static_cast<T>(table_.rate(i, lr));
+      const T decay = static_cast<T>(table_.weight_decay(i));
       T* p_data = parameter.value().data();
       const T* g_data = parameter.grad().data();
       T* buf_data = config_.momentum > 0 ? table_.slots(i)[0].data() : nullptr;
@@ -400,9 +263,10 @@ class Sgd {
   /// Number of `step` calls (restored by `load_state`).
   index_t step_count() const { return step_count_; }
   const SgdConfig& config() const { return config_; }
+  /// Every group's parameters, in group order.
   std::span<Parameter<T>* const> parameters() const { return table_.parameters(); }
   /// Whether weight decay applies to parameters()[i].
-  bool decays(std::size_t i) const { return decays_[i]; }
+  bool decays(std::size_t i) const { return table_.decays(i); }
 
   /// Every allocated state tensor: "<name>.momentum_buffer" (the parameter's shape), in parameter
   /// order; none when momentum is 0. Views stay valid until the next `load_state`.
@@ -415,9 +279,13 @@ class Sgd {
   }
 
  private:
+  static SgdConfig validated(const SgdConfig& config) {
+    config.validate();
+    return config;
+  }
+
   SgdConfig config_;
-  detail::SlotTable<T> table_;
-  std::vector<bool> decays_;
+  detail::ParameterTable<T> table_;
   index_t step_count_ = 0;
 };
 

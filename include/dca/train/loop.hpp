@@ -1,0 +1,153 @@
+// dca/train/loop.hpp — the optimisation loop every trainer shares: one reusable tape, AdamW over
+// parameter groups with warmup + cosine decay and global-norm clipping, the step count, an
+// optional learning curve, and checkpoints that resume bit-identically. A trainer says what to
+// compute (a loss on the tape); the loop says how to optimise it.
+//
+//   dca::TrainingLoop<float> loop({{"model", model.parameters()}}, {.max_lr = 1e-3, .total_steps = 500});
+//   while (loop.step_count() < 500)
+//     loop.step([&](dca::Tape<float>& tape) { return model.loss(tape, ids, targets, batch); });
+//   loop.save_checkpoint("run/checkpoint.safetensors", {{"sampler", sampler.state()}});
+#pragma once
+
+#include "dca/autodiff/tape.hpp"
+#include "dca/train/checkpoint.hpp"
+#include "dca/train/learning_curve.hpp"
+#include "dca/train/optimizer.hpp"
+#include "dca/train/schedule.hpp"
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace dca {
+
+/// How a loop optimises: the learning-rate schedule, AdamW and clipping. The defaults are the
+/// pretraining run of examples/pretrain; a trainer's config may start from other values, and a
+/// designated `.optimization = {...}` starts again from these.
+struct OptimizationConfig {
+  double max_lr = 2e-3;  // peak learning rate, reached after the warmup
+  double min_lr = 2e-4;  // learning rate at the end of the cosine decay
+  index_t warmup_steps = 100;
+  index_t total_steps = 3000;  // the cosine decays over this many steps
+  double weight_decay = 0.1;   // AdamW's decoupled decay of the parameters default_decays selects (matrices)
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // global gradient-norm limit; 0: no clipping
+
+  WarmupCosine schedule() const { return {max_lr, min_lr, warmup_steps, total_steps}; }
+  AdamWConfig adamw() const { return {max_lr, beta1, beta2, eps, weight_decay}; }
+
+  /// RangeError naming the first field outside its range.
+  void validate() const {
+    schedule().validate();
+    adamw().validate();
+    if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+      detail::fail<RangeError>("OptimizationConfig: grad_clip = ", grad_clip, " must be finite and ≥ 0");
+  }
+};
+
+template <Scalar T>
+class TrainingLoop {
+ public:
+  /// Held-out values for a learning-curve row, one per curve column, computed on the loop's tape.
+  using Evaluation = std::function<std::vector<double>(Tape<T>&)>;
+
+  /// A loop over `groups` (their parameters must outlive it). Frozen parameters are left alone.
+  TrainingLoop(std::vector<ParameterGroup<T>> groups, OptimizationConfig config)
+      : config_(validated(config)),
+        optimizer_(groups, config.adamw()),
+        parameters_(optimizer_.parameters().begin(), optimizer_.parameters().end()) {}
+
+  /// Records a learning curve with these held-out columns; `evaluate` fills them on the rows
+  /// `curve.evaluate_every` selects. Call before the first step.
+  void record_curve(LearningCurveConfig curve, std::vector<CurveColumn> columns, Evaluation evaluate) {
+    if (step_count_ > 0)
+      detail::fail<UsageError>("TrainingLoop::record_curve: ", step_count_, " steps have run already");
+    if (curve.evaluate_every > 0 && !evaluate)
+      detail::fail<UsageError>("TrainingLoop::record_curve: evaluate_every = ", curve.evaluate_every,
+                               " without an evaluation");
+    curve_.emplace(std::move(curve), std::move(columns));
+    evaluate_ = std::move(evaluate);
+  }
+
+  /// One optimizer step on the loss `loss_of(tape)` puts on the freshly reset tape ([1,1]);
+  /// returns it. Adds a learning-curve row when one is due.
+  template <class LossOf>
+  double step(LossOf&& loss_of) {
+    tape_.reset();
+    const Var<T> loss = loss_of(tape_);
+    tape_.backward(loss);
+    if (config_.grad_clip > 0) last_grad_norm_ = static_cast<double>(clip_grad_norm(parameters_, config_.grad_clip));
+    const double rate = learning_rate();
+    optimizer_.step(rate);
+    optimizer_.zero_grad();
+    ++step_count_;
+    const double value = static_cast<double>(loss.item());
+    if (curve_ && curve_->add_step(step_count_, value))
+      curve_->add_row(step_count_, rate,
+                      curve_->evaluation_due(step_count_) ? evaluate_(tape_) : std::vector<double>{});
+    return value;
+  }
+
+  /// The learning rate of the next step (before each group's multiplier).
+  double learning_rate() const { return config_.schedule()(step_count_); }
+  index_t step_count() const { return step_count_; }
+  /// The gradient norm before clipping at the last step (0 while clipping is off).
+  double last_grad_norm() const { return last_grad_norm_; }
+  const OptimizationConfig& config() const { return config_; }
+  const AdamW<T>& optimizer() const { return optimizer_; }
+  /// The learning curve, or null when none is recorded.
+  const LearningCurve* curve() const { return curve_ ? &*curve_ : nullptr; }
+  /// The tape steps run on; between steps, free for evaluations.
+  Tape<T>& tape() { return tape_; }
+
+  /// Every group's parameters, the optimizer state, the step count, the learning curve's partial
+  /// sums and `metadata` in one file, atomically.
+  void save_checkpoint(const std::filesystem::path& path, std::map<std::string, std::string> metadata) const {
+    metadata["step"] = std::to_string(step_count_);
+    if (curve_) metadata.merge(curve_->state());
+    write_checkpoint<T>(path, parameters_, optimizer_, std::move(metadata));
+  }
+
+  /// Restores a checkpoint of `save_checkpoint`: the metadata keys in `required` must exist and
+  /// `validate(metadata)` (which throws on a mismatch) must accept them; the learning curve keeps
+  /// its rows up to the checkpoint's step. Everything is checked before anything changes (FormatError
+  /// otherwise). Returns the metadata, for the trainer's own state.
+  template <class Validate>
+  std::map<std::string, std::string> load_checkpoint(const std::filesystem::path& path,
+                                                     std::span<const std::string> required, const Validate& validate) {
+    std::vector<std::string> keys(required.begin(), required.end());
+    keys.push_back("step");
+    std::optional<LearningCurve> curve;
+    const auto metadata = read_checkpoint<T>(path, parameters_, optimizer_, keys, [&](const auto& meta) {
+      const index_t step = checkpoint_count(path.string(), meta, "step");
+      validate(meta);
+      if (curve_) curve.emplace(curve_->resumed(meta, step));
+    });
+    step_count_ = checkpoint_count(path.string(), metadata, "step");
+    if (curve) curve_ = std::move(curve);
+    return metadata;
+  }
+
+ private:
+  static OptimizationConfig validated(const OptimizationConfig& config) {
+    config.validate();
+    return config;
+  }
+
+  OptimizationConfig config_;
+  AdamW<T> optimizer_;
+  std::vector<Parameter<T>*> parameters_;  // every group's, in group order
+  Tape<T> tape_;
+  index_t step_count_ = 0;
+  double last_grad_norm_ = 0;
+  std::optional<LearningCurve> curve_;
+  Evaluation evaluate_;
+};
+
+}  // namespace dca

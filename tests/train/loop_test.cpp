@@ -1,0 +1,149 @@
+// Specification of the shared training loop: parameter groups resume bit-identically, a learning
+// curve records what training returned without changing it, and a resumed run continues its curve
+// as if it had never stopped.
+#include "dca/train/loop.hpp"
+#include "dca/train/trainer.hpp"
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <vector>
+
+#ifndef DCA_TEST_DATA_DIR
+#error "DCA_TEST_DATA_DIR must point at tests/data"
+#endif
+
+using dca::index_t;
+
+namespace {
+
+using dca::test::sample_corpus;
+using dca::test::TempDir;
+
+dca::DecoderConfig tiny_model() {
+  return dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32});
+}
+
+dca::OptimizationConfig tiny_schedule() {
+  return {.max_lr = 5e-3, .min_lr = 5e-4, .warmup_steps = 2, .total_steps = 12};
+}
+
+// Two groups: the token embedding at 10× the rate and without weight decay, everything else.
+std::vector<dca::ParameterGroup<float>> two_groups(dca::Decoder<float>& model) {
+  dca::ParameterGroup<float> embedding{
+      .name = "embedding", .parameters = {&model.token_embedding()}, .lr_multiplier = 10.0, .weight_decay = 0.0};
+  dca::ParameterGroup<float> rest{.name = "rest"};
+  for (dca::Parameter<float>* p : model.parameters())
+    if (p != &model.token_embedding()) rest.parameters.push_back(p);
+  return {embedding, rest};
+}
+
+// The batch of step s: fixed, so that runs differ only in what the loop does.
+double step_on_batch(dca::TrainingLoop<float>& loop, dca::Decoder<float>& model, index_t s) {
+  const auto ids = dca::test::random_tokens(2 * 8, 100 + static_cast<std::uint64_t>(s), 256);
+  const auto targets = dca::test::random_tokens(2 * 8, 200 + static_cast<std::uint64_t>(s), 256);
+  return loop.step([&](dca::Tape<float>& tape) { return model.loss(tape, ids, targets, 2); });
+}
+
+dca::TrainerConfig tiny_run(const std::filesystem::path& curve_directory) {
+  dca::TrainerConfig c;
+  c.batch_size = 2;
+  c.seq_len = 16;
+  c.optimization = tiny_schedule();
+  c.curve = {.directory = curve_directory, .every = 2, .evaluate_every = 4, .eval_batches = 1};
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("parameter groups take their own rate, and a run with them resumes bit-identically") {
+  TempDir dir;
+  const auto path = dir.path / "checkpoint.safetensors";
+  dca::Decoder<float> uninterrupted(tiny_model(), 1);
+  dca::TrainingLoop<float> reference(two_groups(uninterrupted), tiny_schedule());
+  CHECK(reference.optimizer().rate(0, 1e-3) == doctest::Approx(1e-2));  // the embedding's group runs at 10×
+  std::vector<double> expected, resumed;
+  for (index_t s = 0; s < 6; ++s) expected.push_back(step_on_batch(reference, uninterrupted, s));
+  {
+    dca::Decoder<float> model(tiny_model(), 1);
+    dca::TrainingLoop<float> loop(two_groups(model), tiny_schedule());
+    for (index_t s = 0; s < 3; ++s) resumed.push_back(step_on_batch(loop, model, s));
+    loop.save_checkpoint(path, {});
+  }
+  dca::Decoder<float> model(tiny_model(), 7);  // other initial weights: all must come from the file
+  dca::TrainingLoop<float> loop(two_groups(model), tiny_schedule());
+  loop.load_checkpoint(path, {}, [](const auto&) {});
+  CHECK(loop.step_count() == 3);
+  for (index_t s = 3; s < 6; ++s) resumed.push_back(step_on_batch(loop, model, s));
+  CHECK(resumed == expected);
+  const auto a = uninterrupted.parameters(), b = model.parameters();
+  for (std::size_t p = 0; p < a.size(); ++p) CHECK(std::ranges::equal(a[p]->value().span(), b[p]->value().span()));
+}
+
+TEST_CASE(
+    "the learning curve holds the mean training loss of each interval and the held-out loss, without changing "
+    "training") {
+  const auto corpus = sample_corpus();
+  TempDir with_curve, without_curve;
+  dca::Decoder<float> curved_model(tiny_model(), 1), plain_model(tiny_model(), 1);
+  dca::Trainer<float> curved(curved_model, corpus, tiny_run(with_curve.path));
+  auto plain_run = tiny_run(without_curve.path);
+  plain_run.curve.every = plain_run.curve.evaluate_every = 0;
+  dca::Trainer<float> plain(plain_model, corpus, plain_run);
+  std::vector<double> losses, plain_losses;
+  double held_out_at_4 = 0;
+  for (int i = 0; i < 6; ++i) {
+    losses.push_back(curved.step());
+    plain_losses.push_back(plain.step());
+    if (plain.step_count() == 4) held_out_at_4 = plain.validation_loss(1);
+  }
+  CHECK(losses == plain_losses);  // evaluations for the curve do not touch training
+  CHECK_FALSE(std::filesystem::exists(without_curve.path / "learning_curve.csv"));
+  const dca::CsvTable table = dca::read_csv(with_curve.path / "learning_curve.csv");
+  CHECK(table.header == dca::CsvRow{"step", "learning_rate", "train_loss", "held_out_loss"});
+  REQUIRE(table.rows.size() == 3);
+  for (std::size_t r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    CHECK(dca::parse_csv_number(table.rows[r][0]) == static_cast<double>(2 * r + 2));
+    CHECK(dca::parse_csv_number(table.rows[r][2]) == (losses[2 * r] + losses[2 * r + 1]) / 2);
+  }
+  CHECK(table.rows[0][3].empty());  // held-out evaluations every 4 steps only
+  CHECK(dca::parse_csv_number(table.rows[1][3]) == held_out_at_4);
+  CHECK(table.rows[2][3].empty());
+  CHECK(dca::read_text_file(with_curve.path / "learning_curve.svg").starts_with("<svg"));
+}
+
+TEST_CASE("a run resumed between curve rows writes the same learning curve as an uninterrupted one") {
+  const auto corpus = sample_corpus();
+  TempDir uninterrupted_dir, resumed_dir;
+  {
+    dca::Decoder<float> model(tiny_model(), 1);
+    dca::Trainer<float> trainer(model, corpus, tiny_run(uninterrupted_dir.path));
+    for (int i = 0; i < 8; ++i) trainer.step();
+  }
+  const auto checkpoint = resumed_dir.path / "checkpoint.safetensors";
+  {
+    dca::Decoder<float> model(tiny_model(), 1);
+    dca::Trainer<float> trainer(model, corpus, tiny_run(resumed_dir.path));
+    for (int i = 0; i < 3; ++i) trainer.step();
+    trainer.save_checkpoint(checkpoint);         // step 3: one training loss counted towards the row of step 4
+    for (int i = 0; i < 2; ++i) trainer.step();  // rows up to step 4 written, then the run stops
+  }
+  dca::Decoder<float> model(tiny_model(), 1);
+  dca::Trainer<float> trainer(model, corpus, tiny_run(resumed_dir.path));
+  trainer.load_checkpoint(checkpoint);
+  while (trainer.step_count() < 8) trainer.step();
+  CHECK(dca::read_text_file(resumed_dir.path / "learning_curve.csv") ==
+        dca::read_text_file(uninterrupted_dir.path / "learning_curve.csv"));
+}
+
+TEST_CASE("learning-curve and optimisation settings are validated with the values named") {
+  CHECK_THROWS_WITH_AS(dca::LearningCurveConfig({.every = 3, .evaluate_every = 4}).validate(),
+                       doctest::Contains("evaluate_every = 4 must be a multiple of every = 3"), dca::RangeError);
+  CHECK_THROWS_WITH_AS(dca::OptimizationConfig({.grad_clip = -1}).validate(), doctest::Contains("grad_clip = -1"),
+                       dca::RangeError);
+  dca::Parameter<float> p("p", dca::Tensor<float>(dca::Shape{2}));
+  CHECK_THROWS_WITH_AS(dca::AdamW<float>(std::vector<dca::ParameterGroup<float>>{{.name = "fast", .parameters = {&p}, .lr_multiplier = -2.0}}),
+                       doctest::Contains("the lr_multiplier of group 'fast' = -2"), dca::RangeError);
+}
