@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
       if (evaluated) {
         const double held_out = curve->last().held_out.front();
         std::printf("\n  held-out loss %.4f nats/byte (%.3f bits) at step %ld, %s\n", held_out,
-                    held_out / std::log(2.0), static_cast<long>(step), examples::format_duration(elapsed).c_str());
+                    held_out / std::log(2.0), static_cast<long>(step), dca::format_duration(elapsed).c_str());
       }
       if (step % checkpoint_every == 0 || step == optimization.total_steps) trainer.save_checkpoint(checkpoint);
       if (time_limit_minutes > 0 && elapsed > time_limit_minutes * 60) {
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     const double final_loss = trainer.validation_loss(run.curve.eval_batches);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::printf("\nfinal held-out loss %.4f nats/byte after %ld steps in %s\n", final_loss,
-                static_cast<long>(trainer.step_count()), examples::format_duration(seconds).c_str());
+                static_cast<long>(trainer.step_count()), dca::format_duration(seconds).c_str());
     const auto hf_dir = std::filesystem::path(out_dir) / "model";
     dca::save_hf_decoder(model, hf_dir);
     std::printf("saved the model to %s (Hugging Face layout) and checkpoints to %s\n\n", hf_dir.c_str(),

@@ -3,21 +3,12 @@
 #pragma once
 
 #include <dca/core/config.hpp>
+#include <dca/experiment/report.hpp>
 
 #include <cstdio>
 #include <string>
 
 namespace examples {
-
-inline std::string format_duration(double seconds) {
-  const auto s = static_cast<long>(seconds + 0.5);
-  char buffer[32];
-  if (s >= 3600)
-    std::snprintf(buffer, sizeof buffer, "%ldh%02ldm", s / 3600, s / 60 % 60);
-  else
-    std::snprintf(buffer, sizeof buffer, "%ldm%02lds", s / 60, s % 60);
-  return buffer;
-}
 
 /// Redraws "step s/N [=====>    ] loss L | R unit/s | ETA" on the current line.
 inline void draw_progress(dca::index_t step, dca::index_t total, double loss, double rate, const char* unit,
@@ -28,7 +19,7 @@ inline void draw_progress(dca::index_t step, dca::index_t total, double loss, do
   if (filled < width) bar += '>';
   bar.resize(width, ' ');
   std::printf("\rstep %6ld/%ld [%s] loss %.3f | %6.0f %s/s | ETA %s   ", static_cast<long>(step),
-              static_cast<long>(total), bar.c_str(), loss, rate, unit, format_duration(eta_seconds).c_str());
+              static_cast<long>(total), bar.c_str(), loss, rate, unit, dca::format_duration(eta_seconds).c_str());
   std::fflush(stdout);
 }
 

@@ -94,7 +94,7 @@ int run(const Options& o, Objective objective) {
   const auto checkpoint = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
   trainer.save_checkpoint(checkpoint);
   std::printf("\ntrained in %s; saved %s\n",
-              examples::format_duration(std::chrono::duration<double>(Clock::now() - start).count()).c_str(),
+              dca::format_duration(std::chrono::duration<double>(Clock::now() - start).count()).c_str(),
               checkpoint.c_str());
   if (const dca::LearningCurve* curve = trainer.learning_curve())
     std::printf("learning curve: %s, %s\n", curve->csv_path().c_str(), curve->svg_path().c_str());

@@ -12,10 +12,15 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifndef DCA_TEST_DATA_DIR
+#error "DCA_TEST_DATA_DIR must point at tests/data (tests/CMakeLists.txt's dca_test_suite defines it)"
+#endif
 
 namespace dca::test {
 
@@ -57,6 +62,25 @@ double max_relative_difference(const A& a, const B& b) {
   return diff / std::max(scale, 1e-300);
 }
 
+/// max |a - b|, or infinity when the shapes differ: the absolute error the reference tests use.
+/// `a` and `b` are tensors or views (anything with shape(), numel() and operator[]).
+template <class A, class B>
+double max_abs_difference(const A& a, const B& b) {
+  if (!(a.shape() == b.shape())) return std::numeric_limits<double>::infinity();
+  double worst = 0;
+  for (index_t i = 0; i < a.numel(); ++i)
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  return worst;
+}
+
+/// `t` in another precision: the float side of a float-vs-double agreement check.
+template <Scalar To>
+Tensor<To> converted(const Tensor<double>& t) {
+  Tensor<To> out(t.shape());
+  for (index_t i = 0; i < t.numel(); ++i) out[i] = static_cast<To>(t[i]);
+  return out;
+}
+
 /// Tiny GPT-2, Llama (MQA) and Gemma-2 (head_dim ≠ d/H, soft-capping active at these scales, a
 /// sliding window of `window` on layer 0) decoders over a vocabulary of 13, for exact tests.
 inline std::vector<DecoderConfig> tiny_presets(index_t window = 3) {
@@ -76,13 +100,11 @@ inline std::vector<index_t> random_tokens(index_t n, std::uint64_t seed, index_t
   return ids;
 }
 
-#ifdef DCA_TEST_DATA_DIR
 /// The small English sample shipped for tests (tests/data/sample.txt) as a one-source corpus.
 inline CorpusMixture sample_corpus() {
   CorpusMixture corpus;
   corpus.add(TextSource::from_file(std::string(DCA_TEST_DATA_DIR) + "/sample.txt"));
   return corpus;
 }
-#endif
 
 }  // namespace dca::test

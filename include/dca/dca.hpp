@@ -43,4 +43,6 @@
 #include "dca/io/csv.hpp"
 #include "dca/experiment/evaluation.hpp"
 #include "dca/experiment/stats.hpp"
+#include "dca/experiment/reproduction.hpp"
+#include "dca/experiment/report.hpp"
 #include "dca/io/svg.hpp"

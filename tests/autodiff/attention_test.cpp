@@ -16,6 +16,9 @@
 
 namespace {
 
+using dca::test::converted;
+using dca::test::max_abs_difference;
+
 using dca::AttentionArgs;
 using dca::AttentionGroup;
 using dca::AttentionRule;
@@ -263,13 +266,6 @@ std::vector<Case> all_cases() {
   return cases;
 }
 
-template <dca::Scalar T>
-Tensor<T> converted(const Tensor<double>& t) {
-  Tensor<T> out(t.shape());
-  for (index_t i = 0; i < t.numel(); ++i) out[i] = static_cast<T>(t[i]);
-  return out;
-}
-
 // Output and gradients of one attention call, seeded with d(loss)/d(output) = `seed`.
 template <dca::Scalar T>
 struct Result {
@@ -300,13 +296,6 @@ void check_float_agrees_with_double(const Result<float>& in_float, const Result<
   CHECK(dca::test::max_relative_difference(in_float.dq.span(), in_double.dq.span()) < 1e-5);
   CHECK(dca::test::max_relative_difference(in_float.dk.span(), in_double.dk.span()) < 1e-5);
   CHECK(dca::test::max_relative_difference(in_float.dv.span(), in_double.dv.span()) < 1e-5);
-}
-
-double max_abs_difference(const auto& a, const auto& b) {
-  double worst = 0;
-  for (index_t i = 0; i < a.numel(); ++i)
-    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-  return worst;
 }
 
 bool bitwise_equal(const auto& a, const auto& b) {

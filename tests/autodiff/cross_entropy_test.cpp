@@ -12,6 +12,8 @@
 
 namespace {
 
+using dca::test::converted;
+
 using dca::index_t;
 using dca::Shape;
 using dca::Tensor;
@@ -143,8 +145,7 @@ TEST_CASE("cross_entropy in float agrees with double") {
   const std::vector<index_t> targets{49, 0, ignored, 17, 17, 3};
   const std::vector<double> weights{1.0, 2.0, 1.0, 0.5, 1.5, 1.0};
   const std::vector<float> weights_float(weights.begin(), weights.end());
-  Tensor<float> logits_float(logits.shape());
-  for (index_t i = 0; i < logits.numel(); ++i) logits_float[i] = static_cast<float>(logits[i]);
+  const Tensor<float> logits_float = converted<float>(logits);
   dca::Tape<float> tape;
   auto loss = dca::cross_entropy(tape.constant(logits_float), targets, {}, weights_float);
   CHECK(loss.item() == doctest::Approx(reference_loss(logits, targets, weights, dca::Reduction::mean)).epsilon(1e-6));

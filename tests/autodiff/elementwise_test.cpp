@@ -15,6 +15,8 @@
 
 namespace {
 
+using dca::test::converted;
+
 using dca::index_t;
 using dca::Shape;
 using dca::Tape;
@@ -84,12 +86,6 @@ index_t broadcast_extent(index_t a, index_t b) { return a == 1 ? b : a; }
 Tensor<double> operand(BinaryOp op, bool is_b, Shape shape, std::uint64_t seed) {
   if (op == BinaryOp::div && is_b) return random_tensor(shape, seed, 0.5, 2.0);
   return random_tensor(shape, seed);
-}
-
-Tensor<float> to_float(const Tensor<double>& t) {
-  Tensor<float> f(t.shape());
-  for (index_t i = 0; i < t.numel(); ++i) f[i] = static_cast<float>(t[i]);
-  return f;
 }
 
 // Every (a layout, b layout) pair for two result shapes, including a single row and a single column.
@@ -219,7 +215,7 @@ TEST_CASE("float and double agree on the values and gradients of every binary op
       tape_d.backward(yd, seed.view());
 
       Tape<float> tape_f;
-      const Tensor<float> af0 = to_float(a0), bf0 = to_float(b0), seed_f = to_float(seed);
+      const Tensor<float> af0 = converted<float>(a0), bf0 = converted<float>(b0), seed_f = converted<float>(seed);
       const Var<float> af = tape_f.variable(af0.view()), bf = tape_f.variable(bf0.view());
       const Var<float> yf = apply(op, af, bf);
       tape_f.backward(yf, seed_f.view());
@@ -320,14 +316,14 @@ TEST_CASE("scalar operators on Var<float> accept double and int literals and agr
   const Tensor<double> x0 = random_tensor(Shape{2, 3}, 20);
   Tape<double> tape_d;
   Tape<float> tape_f;
-  const Tensor<float> xf0 = to_float(x0);
+  const Tensor<float> xf0 = converted<float>(x0);
   const Var<double> xd = tape_d.variable(x0.view());
   const Var<float> xf = tape_f.variable(xf0.view());
   const Var<double> yd = (2 - xd * 0.5 + 1) / 3.0;
   const Var<float> yf = (2 - xf * 0.5 + 1) / 3.0;
   CHECK(dca::test::max_relative_difference(yf.value().span(), yd.value().span()) < 1e-6);
   const Tensor<double> seed = random_tensor(Shape{2, 3}, 21);
-  const Tensor<float> seed_f = to_float(seed);
+  const Tensor<float> seed_f = converted<float>(seed);
   tape_d.backward(yd, seed.view());
   tape_f.backward(yf, seed_f.view());
   CHECK(dca::test::max_relative_difference(xf.grad().span(), xd.grad().span()) < 1e-6);

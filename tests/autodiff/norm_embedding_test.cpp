@@ -13,6 +13,9 @@
 
 namespace {
 
+using dca::test::converted;
+using dca::test::max_abs_difference;
+
 using dca::index_t;
 using dca::Shape;
 using dca::Tensor;
@@ -46,20 +49,6 @@ Tensor<double> reference_rms_norm(const Tensor<double>& x, const Tensor<double>&
     for (index_t c = 0; c < n; ++c) y(r, c) = x(r, c) / std::sqrt(mean_square + eps) * (one_plus ? 1 + w[c] : w[c]);
   }
   return y;
-}
-
-template <class Float>
-Tensor<Float> converted(const Tensor<double>& t) {
-  Tensor<Float> out(t.shape());
-  for (index_t i = 0; i < t.numel(); ++i) out[i] = static_cast<Float>(t[i]);
-  return out;
-}
-
-double max_abs_difference(dca::TensorView<const double> a, const Tensor<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  double worst = 0;
-  for (index_t i = 0; i < b.numel(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  return worst;
 }
 
 }  // namespace

@@ -14,6 +14,9 @@
 
 namespace {
 
+using dca::test::converted;
+using dca::test::max_abs_difference;
+
 using dca::index_t;
 using dca::Shape;
 using dca::Tensor;
@@ -44,13 +47,6 @@ Tensor<double> reference_rope(const Tensor<double>& x, const std::vector<index_t
         y(r, a + half) = z.imag();
       }
   return y;
-}
-
-double max_abs_difference(dca::TensorView<const double> a, const Tensor<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  double worst = 0;
-  for (index_t i = 0; i < b.numel(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  return worst;
 }
 
 }  // namespace
@@ -304,8 +300,7 @@ TEST_CASE("rope with float32 angles is within 1e-6 of double angles at small pos
 TEST_CASE("rope in float agrees with double") {
   const std::vector<index_t> positions{0, 4, 1000};
   const Tensor<double> x = random_tensor(Shape{3, 12}, 42);
-  Tensor<float> x_float(x.shape());
-  for (index_t i = 0; i < x.numel(); ++i) x_float[i] = static_cast<float>(x[i]);
+  const Tensor<float> x_float = converted<float>(x);
   dca::Tape<float> tape;
   auto y = dca::rope(tape.constant(x_float), positions, {.n_heads = 3});
   CHECK(dca::test::max_relative_difference(y.value().span(), reference_rope(x, positions, 3, 10000.0).span()) < 1e-6);

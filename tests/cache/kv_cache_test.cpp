@@ -252,7 +252,8 @@ TEST_CASE("a cache saved to disk loads back slot for slot") {
   KVCache<double> cache(config, 10);
   cache.append_tokens(tape, decoder, tokens(4, 1));
   cache.insert_latents(tape, decoder, tape.constant(dca::test::random_tensor(Shape{2, 8}, 3)), 3);
-  const auto path = std::filesystem::temp_directory_path() / ("dca-cache-" + std::to_string(::getpid()) + ".safetensors");
+  const dca::test::TempDir dir;
+  const auto path = dir.path / "cache.safetensors";
   cache.save(path);
   KVCache<double> loaded(config, 10);
   loaded.load(path);
@@ -265,7 +266,6 @@ TEST_CASE("a cache saved to disk loads back slot for slot") {
   CHECK_THROWS_WITH_AS(small.load(path), doctest::Contains("6 slots do not fit this cache's capacity of 4"),
                        dca::FormatError);
   CHECK(small.size() == 0);
-  std::filesystem::remove(path);
 }
 
 TEST_CASE("bad input throws a clear error and leaves the cache unchanged") {

@@ -12,10 +12,6 @@
 #include <utility>
 #include <vector>
 
-#ifndef DCA_TEST_DATA_DIR
-#error "DCA_TEST_DATA_DIR must point at tests/data"
-#endif
-
 using dca::index_t;
 
 namespace {
@@ -32,6 +28,13 @@ dca::CoprocessorTrainerConfig tiny_run() {
   c.optimization.max_lr = 1e-2;
   c.optimization.min_lr = 1e-3;
   return c;
+}
+
+// A small decoder with random weights, frozen.
+dca::Decoder<float> untrained_decoder() {
+  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}), 1);
+  decoder.freeze();
+  return decoder;
 }
 
 // A small decoder pretrained briefly on the sample, then frozen: a random decoder predicts near
@@ -56,9 +59,7 @@ dca::Decoder<float> pretrained_decoder(const dca::CorpusMixture& corpus) {
 
 TEST_CASE("without training, the residual coprocessor's evaluation pairs every augmented point with the frozen decoder's") {
   const auto corpus = sample_corpus();
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
-                              1);
-  decoder.freeze();
+  auto decoder = untrained_decoder();
   dca::CoprocessorConfig c;
   c.n_ahead = 4;
   dca::Coprocessor<float, 2> coprocessor(decoder, c);
@@ -130,9 +131,7 @@ TEST_CASE(
   const auto corpus = sample_corpus();
   dca::test::TempDir dir;
   const auto path = dir.path / "coprocessor.safetensors";
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
-                              1);
-  decoder.freeze();
+  auto decoder = untrained_decoder();
   dca::CoprocessorConfig c;
   c.n_ahead = 3;
   for (const double multiplier : {1.0, 10.0}) {
@@ -166,9 +165,7 @@ TEST_CASE(
 TEST_CASE(
     "the new parameters' rate multiplier moves the soft tokens ten times as far, and the copied weights as before") {
   const auto corpus = sample_corpus();
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
-                              1);
-  decoder.freeze();
+  auto decoder = untrained_decoder();
   dca::CoprocessorConfig c;
   c.n_ahead = 3;
   c.latent_form =
@@ -200,9 +197,7 @@ TEST_CASE(
 TEST_CASE("the coprocessor's learning curve holds each ahead position's held-out loss with and without the latents") {
   const auto corpus = sample_corpus();
   dca::test::TempDir dir;
-  dca::Decoder<float> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32}),
-                              1);
-  decoder.freeze();
+  auto decoder = untrained_decoder();
   dca::CoprocessorConfig c;
   c.n_ahead = 3;
   dca::Coprocessor<float, 2> curved(decoder, c), plain(decoder, c);

@@ -20,9 +20,6 @@
 #ifndef DCA_FIXTURE_DIR
 #error "DCA_FIXTURE_DIR must point at tests/data/hf"
 #endif
-#ifndef DCA_TEST_DATA_DIR
-#error "DCA_TEST_DATA_DIR must point at tests/data"
-#endif
 
 using dca::index_t;
 

@@ -10,10 +10,6 @@
 #include <filesystem>
 #include <vector>
 
-#ifndef DCA_TEST_DATA_DIR
-#error "DCA_TEST_DATA_DIR must point at tests/data"
-#endif
-
 using dca::index_t;
 
 namespace {

@@ -7,10 +7,6 @@
 #include <filesystem>
 #include <vector>
 
-#ifndef DCA_TEST_DATA_DIR
-#error "DCA_TEST_DATA_DIR must point at tests/data"
-#endif
-
 using dca::index_t;
 
 namespace {
@@ -30,10 +26,6 @@ dca::TrainerConfig tiny_run() {
   c.optimization.max_lr = 5e-3;
   c.optimization.min_lr = 5e-4;
   return c;
-}
-
-std::filesystem::path scratch(const std::string& name) {
-  return std::filesystem::temp_directory_path() / ("dca-trainer-" + name + "-" + std::to_string(::getpid()));
 }
 
 }  // namespace
@@ -64,7 +56,8 @@ TEST_CASE("the same seed and thread count give the same losses") {
 
 TEST_CASE("a run resumed from a checkpoint continues bit-identically to an uninterrupted one") {
   const auto corpus = sample_corpus();
-  const auto path = scratch("resume");
+  dca::test::TempDir dir;
+  const auto path = dir.path / "checkpoint.safetensors";
   dca::Decoder<float> uninterrupted(tiny_model(), 1);
   std::vector<double> expected;
   {
@@ -86,12 +79,12 @@ TEST_CASE("a run resumed from a checkpoint continues bit-identically to an unint
   CHECK(resumed == expected);
   auto a = uninterrupted.parameters(), b = model.parameters();
   for (std::size_t p = 0; p < a.size(); ++p) CHECK(std::ranges::equal(a[p]->value().span(), b[p]->value().span()));
-  std::filesystem::remove(path);
 }
 
 TEST_CASE("a checkpoint of another architecture or with a missing tensor is rejected and changes nothing") {
   const auto corpus = sample_corpus();
-  const auto path = scratch("mismatch");
+  dca::test::TempDir dir;
+  const auto path = dir.path / "checkpoint.safetensors";
   {
     dca::Decoder<float> other(dca::DecoderConfig::llama({.vocab = 256, .dim = 32, .layers = 1, .heads = 2, .mlp = 64}),
                               1);
@@ -111,6 +104,5 @@ TEST_CASE("a checkpoint of another architecture or with a missing tensor is reje
   for (const auto& [key, value] : file.metadata()) damaged.set_metadata(key, value);
   damaged.write(path);
   CHECK_THROWS_AS(trainer.load_checkpoint(path), dca::FormatError);
-  CHECK_THROWS_AS(trainer.load_checkpoint(scratch("missing")), dca::IoError);
-  std::filesystem::remove(path);
+  CHECK_THROWS_AS(trainer.load_checkpoint(dir.path / "missing.safetensors"), dca::IoError);
 }

@@ -10,6 +10,10 @@
 // Constants (frozen parameters, cached keys/values, inputs) get no adjoint: ops test
 // `Operand::active()` and skip the work — including weight-gradient GEMMs — for constant inputs,
 // while still propagating to active ones. See docs/autodiff.md for the op pattern.
+//
+// Longer than ~400 lines because Var, Operand and Tape are one concept: a Var is a handle into
+// its tape's node list, and the guards (NoGradGuard, TapeScope) only toggle tape state; split,
+// each header would need the others' internals.
 #pragma once
 
 #include "dca/autodiff/arena.hpp"

@@ -5,6 +5,9 @@
 // The reader validates every size, shape and offset when a file is opened, so no later access can
 // leave the buffer; the writer lays tensors out as the reference implementation does and replaces
 // files atomically.
+//
+// Longer than ~400 lines because the reader validates an untrusted file field by field (it is
+// fuzzed) and shares the format's grammar — dtypes, conversions, header JSON — with the writer.
 #pragma once
 
 #include "dca/core/error.hpp"

@@ -17,6 +17,10 @@
 // (control characters other than tab and line breaks, invalid in XML, become U+FFFD). The output
 // depends only on the input — coordinates are printed locale-independently with two decimals — so
 // the same results give the same bytes. Files are written atomically.
+//
+// Longer than ~400 lines because the two chart kinds share one drawing core (axes, ticks, frame,
+// reference lines, escaping) that nothing else uses; split, that half would be a header of its own
+// read only by this one.
 #pragma once
 
 #include "dca/core/config.hpp"

@@ -52,6 +52,10 @@
 // of the output and of the adjoints (groups own their rows, kv heads their columns), so both passes
 // are race-free and give the same bits on any number of threads. Calls too small to repay opening
 // a parallel region run on one thread.
+//
+// Longer than ~400 lines because it is one fused op, written in the one pattern every op follows
+// (validate, forward, stash, backward closure): the forward and the hand-written backward share the
+// group, block and visibility code, and the validation names every argument that can be wrong.
 #pragma once
 
 #include "dca/autodiff/ops/matmul.hpp"
