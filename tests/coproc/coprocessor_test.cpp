@@ -104,6 +104,23 @@ TEST_CASE("structured equals dense for every latent form, position policy and so
       }
 }
 
+TEST_CASE("an oracle coprocessor's structured loss equals the dense masks with the same lookahead") {
+  const auto config = presets()[2];  // Gemma-2: the sliding window folds into the oracle's masks too
+  dca::Decoder<double> decoder(config, 8);
+  decoder.freeze();
+  const auto ids = tokens(2 * 13, 7);
+  const auto plan = dca::AugmentationPlan::given(2, 13, 3, {1, 6, 4, 9});
+  for (const dca::index_t lookahead : {1, 3}) {
+    CAPTURE(lookahead);
+    CoprocessorConfig c;
+    c.n_ahead = 3;
+    c.oracle_lookahead = lookahead;
+    c.latent_form = dca::LatentForm::normed;  // latents straight from the coprocessor, so its prefix shows
+    Cop<2> coprocessor(decoder, c);
+    check_structured_equals_dense(coprocessor, decoder, ids, plan);
+  }
+}
+
 TEST_CASE("gradients reach the soft tokens and the coprocessor's weights through the frozen decoder exactly") {
   for (const auto& config : presets()) {
     CAPTURE(config.architecture);

@@ -181,7 +181,8 @@ class Coprocessor {
                         const AugmentationPlan& plan) {
     check_decoder(decoder, true);
     check_plan(ids, plan);
-    const AugmentationLayout layout = AugmentationLayout::of(plan, ids, NumLatents, config_.positions);
+    const AugmentationLayout layout =
+        AugmentationLayout::of(plan, ids, NumLatents, config_.positions, config_.oracle_lookahead);
     const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch);                 // 1.
     const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
     return ahead_loss(tape, decoder, z, tokens.cache, layout);                               // 3.
@@ -256,6 +257,9 @@ class Coprocessor {
   /// ShapeError unless `decoder` has the coprocessor's architecture; with `training`, UsageError
   /// naming the first decoder parameter that is not frozen.
   void check_decoder(Decoder<T>& decoder, bool training) {
+    if (!training && config_.oracle_lookahead > 0)
+      detail::fail<UsageError>("Coprocessor: an oracle coprocessor (oracle_lookahead = ", config_.oracle_lookahead,
+                               ") reads tokens past the insertion point, which inference does not have");
     const auto& a = decoder.config();
     const auto& b = model_.config();
     if (a.n_layers != b.n_layers || a.hidden_size != b.hidden_size || a.n_kv_heads != b.n_kv_heads ||

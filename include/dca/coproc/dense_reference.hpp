@@ -45,7 +45,8 @@ AugmentedLoss<T> dense_reference_loss(Coprocessor<T, NumLatents, Objective>& cop
   coprocessor.check_plan(ids, plan);
   if (coprocessor.config().input != CoprocessorInput::kv_cache)
     detail::fail<UsageError>("dense_reference_loss: implemented for the kv_cache input only");
-  const AugmentationLayout layout = AugmentationLayout::of(plan, ids, NumLatents, coprocessor.config().positions);
+  const index_t lookahead = coprocessor.config().oracle_lookahead;  // an oracle's prefix runs past t
+  const AugmentationLayout layout = AugmentationLayout::of(plan, ids, NumLatents, coprocessor.config().positions, lookahead);
   const index_t T_ = plan.seq_len, K = plan.points_per_sequence, R = layout.rows_per_group(), S = K * NumLatents;
   const index_t window = decoder.config().sliding_window;
   std::vector<Var<T>> all_logits;
@@ -62,10 +63,10 @@ AugmentedLoss<T> dense_reference_loss(Coprocessor<T, NumLatents, Objective>& cop
     std::vector<std::uint8_t> soft_mask(static_cast<std::size_t>(S * (T_ + S)), 0);
     for (index_t j = 0; j < K; ++j) {
       const index_t t = plan.point(b, j);
-      queries.add(0, t + 1, t, seq[static_cast<std::size_t>(t)]);
+      queries.add(0, t + 1 + lookahead, t, seq[static_cast<std::size_t>(t)]);
       for (index_t i = 0; i < NumLatents; ++i) {
         const index_t q = j * NumLatents + i;
-        for (index_t c = 0; c <= t; ++c) soft_mask[static_cast<std::size_t>(q * (T_ + S) + c)] = 1;
+        for (index_t c = 0; c <= t + lookahead; ++c) soft_mask[static_cast<std::size_t>(q * (T_ + S) + c)] = 1;
         const index_t last = coprocessor.config().soft_token_rule == AttentionRule::causal ? i : NumLatents - 1;
         for (index_t i2 = 0; i2 <= last; ++i2)
           soft_mask[static_cast<std::size_t>(q * (T_ + S) + T_ + j * NumLatents + i2)] = 1;

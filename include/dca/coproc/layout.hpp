@@ -65,8 +65,10 @@ struct AugmentationLayout {
 
   /// The layout of `plan` over `ids` [B·T] (the plan must fit them: Coprocessor::loss checks).
   /// `positions` places the latents and the ahead tokens after them (LatentPositions).
+  /// `oracle_lookahead` ≤ N_A extends the coprocessor's prefixes that many tokens past each point
+  /// (CoprocessorConfig::oracle_lookahead, a diagnostic); the decoder's prefixes stay.
   static AugmentationLayout of(const AugmentationPlan& plan, std::span<const index_t> ids, index_t n_latents,
-                               LatentPositions positions) {
+                               LatentPositions positions, index_t oracle_lookahead = 0) {
     const index_t T = plan.seq_len, R = n_latents + plan.n_ahead - 1, G = plan.groups();
     AugmentationLayout out;
     out.n_latents = n_latents;
@@ -79,7 +81,7 @@ struct AugmentationLayout {
       for (index_t j = 0; j < plan.points_per_sequence; ++j) {
         const index_t g = b * plan.points_per_sequence + j, t = plan.point(b, j), base = b * T;
         const auto token = [&](index_t i) { return ids[static_cast<std::size_t>(base + i)]; };
-        out.latents.add(base, t + 1, t, token(t));
+        out.latents.add(base, t + 1 + oracle_lookahead, t, token(t));
         out.ahead_groups.push_back({g * R, R, g * R, R, base, t + 1});
         for (index_t i = 1; i < plan.n_ahead; ++i) out.ahead_ids.push_back(token(t + i));
         const auto row = [&](index_t r) { return static_cast<std::size_t>(g * R + r); };

@@ -1,0 +1,275 @@
+// chain_study — the reasoning study: a decoder pretrained on English text mixed with
+// variable-chain programs (dca/experiment/chains.hpp), then coprocessors trained on the same
+// mixture, scored on held-out programs by hop count.
+//
+//   ./build/examples/chain_study pretrain                        # runs/chains/decoder: the frozen decoder
+//   ./build/examples/chain_study coprocessor --latents 4         # runs/chains/coprocessor-4
+//   ./build/examples/chain_study coprocessor --oracle 1          # channel capacity: the prefix sees the answer
+//   ./build/examples/chain_study coprocessor --source pause      # pause tokens at the same N_L
+//   ./build/examples/chain_study --help                          # every option of each
+//
+// Each evaluation prints, per hop count, the frozen decoder's bare answer, its answer when it
+// writes the worked steps (the upper bound), and for coprocessors the augmented answer and the
+// shuffled-latent control, and appends them to hops.csv in the run directory. Both stages save a
+// checkpoint at every evaluation and continue from it when started again with the same options.
+#include <dca/coproc/dispatch.hpp>
+#include <dca/coproc/trainer.hpp>
+#include <dca/dca.hpp>
+#include <dca/experiment/chain_evaluation.hpp>
+
+#include "progress.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using dca::index_t;
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+struct Options {
+  dca::ChainConfig task{.max_hops = 4, .distractor_chains = 1, .worked_fraction = 0.5};
+  index_t chain_bytes = 8 << 20;  // generated training programs
+  double chain_weight = 3.0;      // sampling weight of the programs; each text source weighs 1
+  std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
+  index_t programs = 300;  // held-out programs per hop count
+  index_t shots = 2;       // training lines before every prompt
+  index_t eval_every = 500;
+  int threads = 2;
+  // pretrain
+  std::string decoder_dir = "runs/chains/decoder";
+  index_t layers = 4, dim = 128;
+  dca::TrainerConfig pretrain{.batch_size = 64,
+                              .seq_len = 64,
+                              .optimization = {.max_lr = 2e-3, .min_lr = 2e-4, .warmup_steps = 100, .total_steps = 3000},
+                              .curve = {}};
+  // coprocessor
+  std::string out_dir;  // default runs/chains/coprocessor-<N_L>
+  index_t latents = 4;
+  std::string positions = "insertion", source = "coprocessor";
+  dca::CoprocessorConfig coprocessor{.n_ahead = 4};
+  dca::CoprocessorTrainerConfig run{.batch_size = 32,
+                                    .seq_len = 64,
+                                    .points_per_sequence = 8,
+                                    .optimization = {.max_lr = 3e-4, .min_lr = 3e-5, .warmup_steps = 50,
+                                                     .total_steps = 1500, .weight_decay = 0.0},
+                                    .new_lr_multiplier = 10.0,
+                                    .curve = {}};
+};
+
+dca::CorpusMixture text_corpus(const Options& o) {
+  dca::CorpusMixture corpus;
+  if (!o.fortunes_dir.empty())
+    corpus.add(dca::TextSource::from_directory(o.fortunes_dir, dca::skip_suffixes({".dat", ".u8"})));
+  if (!o.dictionary.empty()) corpus.add(dca::TextSource::from_gzip(o.dictionary));
+  return corpus;
+}
+
+dca::CorpusMixture mixture(const Options& o) {
+  dca::CorpusMixture corpus = text_corpus(o);
+  corpus.add(dca::chain_training_source(o.task, o.chain_bytes), o.chain_weight);
+  return corpus;
+}
+
+// One evaluation row per hop count: the frozen decoder's and, when given, a coprocessor's.
+struct HopRow {
+  index_t hops = 0;
+  double direct = 0, worked = -1, augmented = -1, shuffled = -1;
+};
+
+void print_rows(index_t step, const std::vector<HopRow>& rows, double text_change) {
+  std::printf("\nstep %ld, held-out programs (%% correct):\n%5s %8s %8s %10s %9s\n", static_cast<long>(step), "hops",
+              "direct", "worked", "augmented", "shuffled");
+  for (const HopRow& r : rows) {
+    std::printf("%5ld %8.1f", static_cast<long>(r.hops), 100 * r.direct);
+    for (const double v : {r.worked, r.augmented, r.shuffled})
+      v < 0 ? std::printf(" %9s", "-") : std::printf(" %9.1f", 100 * v);
+    std::printf("\n");
+  }
+  if (text_change == text_change) std::printf("English text, n = 1 perplexity change: %+.2f%%\n", text_change);
+  std::fflush(stdout);
+}
+
+void append_rows(const fs::path& file, index_t step, const std::vector<HopRow>& rows, double text_change) {
+  const bool fresh = !fs::exists(file);
+  std::ofstream out(file, std::ios::app);
+  if (fresh) out << "step,hops,direct,worked,augmented,shuffled,text_n1_perplexity_change_percent\n";
+  for (const HopRow& r : rows)
+    out << step << ',' << r.hops << ',' << r.direct << ',' << r.worked << ',' << r.augmented << ',' << r.shuffled << ','
+        << text_change << '\n';
+  if (!out) throw dca::IoError("cannot append to " + file.string());
+}
+
+std::vector<HopRow> frozen_rows(dca::Decoder<float>& decoder, const Options& o, bool worked) {
+  const std::string context = dca::chain_context(o.task, o.shots);
+  std::vector<HopRow> rows;
+  for (index_t h = 1; h <= o.task.max_hops; ++h) {
+    const auto programs = dca::held_out_chains(o.task, h, o.programs);
+    HopRow r{h, dca::score_chains_direct(decoder, context, programs).accuracy()};
+    if (worked) r.worked = dca::score_chains_worked(decoder, context, programs).accuracy();
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+int pretrain(const Options& o) {
+  fs::create_directories(o.decoder_dir);
+  const dca::CorpusMixture corpus = mixture(o);
+  dca::Decoder<float> decoder(
+      dca::DecoderConfig::llama({.vocab = 256, .dim = o.dim, .layers = o.layers, .heads = o.dim / 32, .mlp = 3 * o.dim}),
+      o.pretrain.seed);
+  dca::Trainer<float> trainer(decoder, corpus, o.pretrain);
+  const fs::path checkpoint = fs::path(o.decoder_dir) / "checkpoint.safetensors";
+  if (fs::exists(checkpoint)) {
+    trainer.load_checkpoint(checkpoint);
+    std::printf("resumed at step %ld\n", static_cast<long>(trainer.step_count()));
+  }
+  std::printf("pretraining %ld layers, d = %ld on text + chains (1..%ld hops, %ld distractors): %ld steps of %ld×%ld\n",
+              static_cast<long>(o.layers), static_cast<long>(o.dim), static_cast<long>(o.task.max_hops),
+              static_cast<long>(o.task.distractor_chains), static_cast<long>(o.pretrain.optimization.total_steps),
+              static_cast<long>(o.pretrain.batch_size), static_cast<long>(o.pretrain.seq_len));
+  const auto start = Clock::now();
+  const index_t first = trainer.step_count(), total = o.pretrain.optimization.total_steps;
+  while (trainer.step_count() < total) {
+    const double loss = trainer.step();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double rate = static_cast<double>(trainer.step_count() - first) / seconds;
+    examples::draw_progress(trainer.step_count(), total, loss, rate * static_cast<double>(o.pretrain.batch_size * o.pretrain.seq_len),
+                            "tok", static_cast<double>(total - trainer.step_count()) / rate);
+    if (trainer.step_count() % o.eval_every == 0 || trainer.step_count() == total) {
+      const bool last = trainer.step_count() == total;
+      const auto rows = frozen_rows(decoder, o, true);
+      print_rows(trainer.step_count(), rows, std::nan(""));
+      append_rows(fs::path(o.decoder_dir) / "hops.csv", trainer.step_count(), rows, std::nan(""));
+      dca::save_hf_decoder(decoder, fs::path(o.decoder_dir) / "model");
+      if (!last) trainer.save_checkpoint(checkpoint);
+    }
+  }
+  return 0;
+}
+
+template <index_t N>
+int train_coprocessor(const Options& o) {
+  const std::string out = o.out_dir.empty() ? "runs/chains/coprocessor-" + std::to_string(N) : o.out_dir;
+  fs::create_directories(out);
+  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
+  decoder.freeze();
+  const dca::CorpusMixture corpus = mixture(o), text = text_corpus(o);
+  dca::CoprocessorConfig c = o.coprocessor;
+  c.positions = o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+  c.source = o.source == "pause" ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
+  dca::Coprocessor<float, N> coprocessor(decoder, c);
+  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
+  const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
+  if (fs::exists(checkpoint)) {
+    trainer.load_checkpoint(checkpoint);
+    std::printf("resumed at step %ld\n", static_cast<long>(trainer.step_count()));
+  }
+  const std::string context = dca::chain_context(o.task, o.shots);
+  const auto evaluate = [&](index_t step) {
+    std::vector<HopRow> rows = frozen_rows(decoder, o, false);
+    for (HopRow& r : rows) {
+      const auto programs = dca::held_out_chains(o.task, r.hops, o.programs);
+      r.augmented = dca::score_chains_augmented(decoder, coprocessor, context, programs).accuracy();
+      if (c.source == dca::LatentSource::coprocessor)
+        r.shuffled =
+            dca::score_chains_augmented(decoder, coprocessor, context, programs, dca::LatentControl::shuffled).accuracy();
+    }
+    double text_change = std::nan("");
+    if (c.oracle_lookahead == 0) {
+      const auto batches = text.validation_batches(o.run.batch_size, o.run.seq_len, 4);
+      const auto table = dca::evaluate_ahead(decoder, coprocessor, std::span<const dca::Batch>(batches), 16, 7);
+      text_change = 100.0 * (std::exp(table.augmented[0] - table.baseline[0]) - 1.0);
+    }
+    print_rows(step, rows, text_change);
+    append_rows(fs::path(out) / "hops.csv", step, rows, text_change);
+  };
+  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld, %s positions, %s, oracle lookahead %ld: %ld steps\n",
+              static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
+              o.positions.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
+              static_cast<long>(o.run.optimization.total_steps));
+  if (trainer.step_count() == 0) evaluate(0);
+  const auto start = Clock::now();
+  const index_t first = trainer.step_count(), total = o.run.optimization.total_steps;
+  while (trainer.step_count() < total) {
+    const double loss = trainer.step();
+    const double rate =
+        static_cast<double>(trainer.step_count() - first) / std::chrono::duration<double>(Clock::now() - start).count();
+    examples::draw_progress(trainer.step_count(), total, loss, rate, "steps",
+                            static_cast<double>(total - trainer.step_count()) / rate);
+    if (trainer.step_count() % o.eval_every == 0 || trainer.step_count() == total) {
+      evaluate(trainer.step_count());
+      trainer.save_checkpoint(checkpoint);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"The variable-chain reasoning study: pretrain a decoder, then train coprocessors on its mixture"};
+  app.require_subcommand(1);
+  const auto task_flags = [&](CLI::App* sub) {
+    sub->add_option("--max-hops", o.task.max_hops, "hop counts 1..H")->capture_default_str();
+    sub->add_option("--distractors", o.task.distractor_chains, "distractor chains per program")->capture_default_str();
+    sub->add_option("--worked-fraction", o.task.worked_fraction, "share of training lines with worked steps")
+        ->capture_default_str();
+    sub->add_option("--chain-weight", o.chain_weight, "sampling weight of the programs (text sources: 1 each)")
+        ->capture_default_str();
+    sub->add_option("--programs", o.programs, "held-out programs per hop count")->capture_default_str();
+    sub->add_option("--eval-every", o.eval_every, "evaluate and checkpoint every this many steps")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    sub->add_option("--threads", o.threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--decoder", o.decoder_dir, "the decoder's run directory")->capture_default_str();
+  };
+  CLI::App* pre = app.add_subcommand("pretrain", "pretrain the frozen decoder on text + chains");
+  task_flags(pre);
+  pre->add_option("--layers", o.layers, "decoder layers")->capture_default_str();
+  pre->add_option("--dim", o.dim, "hidden size (heads of 32)")->capture_default_str();
+  pre->add_option("--steps", o.pretrain.optimization.total_steps, "steps")->capture_default_str();
+  pre->add_option("--batch", o.pretrain.batch_size, "sequences per step")->capture_default_str();
+  pre->add_option("--seq", o.pretrain.seq_len, "bytes per sequence")->capture_default_str();
+  pre->add_option("--lr", o.pretrain.optimization.max_lr, "peak learning rate")->capture_default_str();
+  pre->add_option("--seed", o.pretrain.seed, "initialisation and batches")->capture_default_str();
+  CLI::App* cop = app.add_subcommand("coprocessor", "train a coprocessor through the frozen decoder");
+  task_flags(cop);
+  cop->add_option("--out", o.out_dir, "run directory (default runs/chains/coprocessor-<N_L>)");
+  cop->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+  cop->add_option("--ahead", o.coprocessor.n_ahead, "N_A")->capture_default_str();
+  cop->add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
+  cop->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
+  cop->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
+  cop->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
+      ->capture_default_str();
+  cop->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
+      ->capture_default_str();
+  cop->add_option("--source", o.source, "latents from the coprocessor or pause tokens")
+      ->check(CLI::IsMember({"coprocessor", "pause"}))
+      ->capture_default_str();
+  cop->add_option("--oracle", o.coprocessor.oracle_lookahead, "diagnostic: the prefix reaches this many tokens past t")
+      ->capture_default_str();
+  cop->add_option("--seed", o.run.seed, "batches and points (the soft tokens: --seed too)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  o.run.optimization.min_lr = o.run.optimization.max_lr / 10;
+  o.pretrain.optimization.min_lr = o.pretrain.optimization.max_lr / 10;
+  o.coprocessor.seed = o.run.seed;
+  try {
+    dca::set_num_threads(o.threads);
+    std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
+    if (pre->parsed()) return pretrain(o);
+    return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return train_coprocessor<decltype(n)::value>(o); });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nchain_study: %s\n", e.what());
+    return 1;
+  }
+}
