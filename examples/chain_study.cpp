@@ -37,7 +37,9 @@ namespace fs = std::filesystem;
 struct Options {
   dca::ChainConfig task{.max_hops = 4, .distractor_chains = 1, .worked_fraction = 0.5};
   index_t chain_bytes = 8 << 20;  // generated training programs
-  double chain_weight = 3.0;      // sampling weight of the programs; each text source weighs 1
+  // Sampling weight of the programs; each text source weighs 1. At 3 (60% programs) a 4-layer
+  // decoder had not learned one-hop lookup after 3,000 steps; at 100 (98%) it had by step 1,500.
+  double chain_weight = 100.0;
   std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
   index_t programs = 300;  // held-out programs per hop count
   index_t shots = 2;       // training lines before every prompt
@@ -48,7 +50,7 @@ struct Options {
   index_t layers = 4, dim = 128;
   dca::TrainerConfig pretrain{.batch_size = 64,
                               .seq_len = 64,
-                              .optimization = {.max_lr = 2e-3, .min_lr = 2e-4, .warmup_steps = 100, .total_steps = 3000},
+                              .optimization = {.max_lr = 2e-3, .min_lr = 2e-4, .warmup_steps = 100, .total_steps = 2500},
                               .curve = {}};
   // coprocessor
   std::string out_dir;  // default runs/chains/coprocessor-<N_L>
