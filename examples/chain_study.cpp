@@ -175,8 +175,9 @@ int train_coprocessor(const Options& o) {
     std::printf("resumed at step %ld\n", static_cast<long>(trainer.step_count()));
   }
   const std::string context = dca::chain_context(o.task, o.shots);
+  const std::vector<HopRow> frozen = frozen_rows(decoder, o, false);  // the decoder is frozen: scored once
   const auto evaluate = [&](index_t step) {
-    std::vector<HopRow> rows = frozen_rows(decoder, o, false);
+    std::vector<HopRow> rows = frozen;
     for (HopRow& r : rows) {
       const auto programs = dca::held_out_chains(o.task, r.hops, o.programs);
       r.augmented = dca::score_chains_augmented(decoder, coprocessor, context, programs).accuracy();
