@@ -55,7 +55,7 @@ struct Options {
   // coprocessor
   std::string out_dir;  // default runs/chains/coprocessor-<N_L>
   index_t latents = 4;
-  std::string positions = "insertion", source = "coprocessor";
+  std::string positions = "insertion", source = "coprocessor", latent_form = "residual";
   dca::CoprocessorConfig coprocessor{.n_ahead = 4};
   dca::CoprocessorTrainerConfig run{.batch_size = 32,
                                     .seq_len = 64,
@@ -167,6 +167,9 @@ int train_coprocessor(const Options& o) {
   dca::CoprocessorConfig c = o.coprocessor;
   c.positions = o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
   c.source = o.source == "pause" ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
+  c.latent_form = o.latent_form == "normed"          ? dca::LatentForm::normed
+                  : o.latent_form == "token-mixture" ? dca::LatentForm::token_mixture
+                                                     : dca::LatentForm::residual;
   dca::Coprocessor<float, N> coprocessor(decoder, c);
   dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
   const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
@@ -194,9 +197,10 @@ int train_coprocessor(const Options& o) {
     print_rows(step, rows, text_change);
     append_rows(fs::path(out) / "hops.csv", step, rows, text_change);
   };
-  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld, %s positions, %s, oracle lookahead %ld: %ld steps\n",
+  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld, %s positions, %s latents from the %s, oracle lookahead %ld: "
+              "%ld steps\n",
               static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
-              o.positions.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
+              o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
               static_cast<long>(o.run.optimization.total_steps));
   if (trainer.step_count() == 0) evaluate(0);
   const auto start = Clock::now();
@@ -249,12 +253,17 @@ int main(int argc, char** argv) {
   cop->add_option("--out", o.out_dir, "run directory (default runs/chains/coprocessor-<N_L>)");
   cop->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
   cop->add_option("--ahead", o.coprocessor.n_ahead, "N_A")->capture_default_str();
-  cop->add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
+  cop->add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence (at most seq − N_A)")
+      ->capture_default_str();
+  cop->add_option("--batch", o.run.batch_size, "sequences per step")->capture_default_str();
   cop->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
   cop->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
   cop->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
       ->capture_default_str();
   cop->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
+      ->capture_default_str();
+  cop->add_option("--latent-form", o.latent_form, "what a latent is (dca::LatentForm)")
+      ->check(CLI::IsMember({"residual", "normed", "token-mixture"}))
       ->capture_default_str();
   cop->add_option("--source", o.source, "latents from the coprocessor or pause tokens")
       ->check(CLI::IsMember({"coprocessor", "pause"}))

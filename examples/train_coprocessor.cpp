@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
   app.add_option("--decay", o.decay, "ahead-token loss weights ∝ decay^(n−1) (GeometricAhead); 1: uniform mean")
       ->capture_default_str();
-  app.add_option("--latent-form", form, "residual, normed or final-hidden")->capture_default_str();
+  app.add_option("--latent-form", form, "residual, normed, final-hidden or token-mixture")->capture_default_str();
   app.add_option("--positions", positions, "insertion-point or shifted")->capture_default_str();
   app.add_option("--soft-rule", rule, "causal or bidirectional soft tokens")->capture_default_str();
   app.add_option("--input", input, "kv-cache or last-layer (ablation)")->capture_default_str();
@@ -160,8 +160,10 @@ int main(int argc, char** argv) {
   try {
     const std::map<std::string, dca::LatentForm> forms{{"residual", dca::LatentForm::residual},
                                                        {"normed", dca::LatentForm::normed},
-                                                       {"final-hidden", dca::LatentForm::final_hidden}};
-    if (!forms.contains(form)) throw dca::UsageError("--latent-form must be residual, normed or final-hidden");
+                                                       {"final-hidden", dca::LatentForm::final_hidden},
+                                                       {"token-mixture", dca::LatentForm::token_mixture}};
+    if (!forms.contains(form))
+      throw dca::UsageError("--latent-form must be residual, normed, final-hidden or token-mixture, got '" + form + "'");
     o.coprocessor.latent_form = forms.at(form);
     if (positions != "insertion-point" && positions != "shifted")
       throw dca::UsageError("--positions must be insertion-point or shifted");

@@ -66,6 +66,35 @@ TEST_CASE("direct chain answers are greedy decoding's first byte, program by pro
   CHECK(score.correct == dca::score_chain_answers(programs, batched).correct);
 }
 
+TEST_CASE("answers given worked steps are greedy decoding's first byte after the bare prompt and those steps") {
+  auto decoder = varied_decoder(4);
+  const std::string context = dca::chain_context(task, 1);
+  const auto programs = dca::held_out_chains(task, 3, 7);
+  dca::Tape<double> tape;
+  dca::KVCache<double> cache(decoder.config(), 256);
+  dca::GenerationConfig greedy;
+  greedy.temperature = 0;
+  greedy.max_tokens = 1;
+  const dca::ByteTokenizer tokenizer;
+  CHECK(dca::chain_answers_direct(decoder, context, programs, 3, 0) == dca::chain_answers_direct(decoder, context, programs));
+  for (const dca::index_t steps : {1, 2}) {
+    CAPTURE(steps);
+    const auto batched = dca::chain_answers_direct(decoder, context, programs, 3, steps);
+    for (std::size_t i = 0; i < programs.size(); ++i) {
+      const std::string written = programs[i].worked_answer().substr(0, static_cast<std::size_t>(2 * steps));  // "b=", "b=k="
+      cache.reset();
+      const auto tokens =
+          dca::generate(tape, decoder, cache, tokenizer.encode(context + programs[i].bare_prompt() + written), greedy).tokens;
+      REQUIRE(tokens.size() == 1);
+      CHECK(batched[i] == tokens[0]);
+    }
+    CHECK(dca::score_chains_given_steps(decoder, context, programs, steps, 3).correct ==
+          dca::score_chain_answers(programs, batched).correct);
+  }
+  CHECK_THROWS_WITH_AS(dca::score_chains_given_steps(decoder, context, programs, 3), doctest::Contains("n = 3 is outside [0, 2]"),
+                       dca::RangeError);
+}
+
 TEST_CASE("augmented chain answers are what the inference session writes first after latents at the prompt's end") {
   auto decoder = varied_decoder(5);
   decoder.freeze();

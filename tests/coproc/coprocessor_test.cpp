@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,8 @@ TEST_CASE("structured equals dense for every latent form, position policy and so
   decoder.freeze();
   const auto ids = tokens(14, 5);
   const auto plan = dca::AugmentationPlan::given(1, 14, 4, {2, 5, 9});
-  for (const auto form : {dca::LatentForm::residual, dca::LatentForm::normed, dca::LatentForm::final_hidden})
+  for (const auto form : {dca::LatentForm::residual, dca::LatentForm::normed, dca::LatentForm::final_hidden,
+                          dca::LatentForm::token_mixture})
     for (const auto positions : {dca::LatentPositions::at_insertion_point, dca::LatentPositions::shifted})
       for (const auto rule : {dca::AttentionRule::causal, dca::AttentionRule::bidirectional}) {
         CAPTURE(static_cast<int>(form));
@@ -143,6 +145,67 @@ TEST_CASE("gradients reach the soft tokens and the coprocessor's weights through
     CHECK(result);
     for (auto* p : decoder.parameters()) CHECK_FALSE(p->has_grad());
   }
+}
+
+TEST_CASE("token-mixture latents start as the coprocessor's next-token distribution over the decoder's embedding table") {
+  for (const auto& config : presets()) {  // Gemma-2's final soft-cap shapes the distribution too
+    CAPTURE(config.architecture);
+    dca::Decoder<double> decoder(config, 3);
+    decoder.freeze();
+    const auto ids = tokens(9, 4);
+    CoprocessorConfig mixture_config;
+    mixture_config.latent_form = dca::LatentForm::token_mixture;
+    mixture_config.seed = 6;
+    CoprocessorConfig normed_config = mixture_config;
+    normed_config.latent_form = dca::LatentForm::normed;  // the same soft tokens: h, the coprocessor's normed output
+    Cop<3> mixture(decoder, mixture_config), normed(decoder, normed_config);
+    dca::Tape<double> tape;
+    const auto z = mixture.latents(tape, decoder, ids).value();
+    const auto h = normed.latents(tape, decoder, ids).value();
+    const auto logits = mixture.model().head(tape, tape.constant(h)).value();  // [N_L, V]
+    const auto& table = decoder.token_embedding().value();                    // [V, d]
+    const index_t V = table.shape()[0], d = table.shape()[1];
+    double worst = 0;
+    for (index_t i = 0; i < 3; ++i) {
+      double top = -1e300, total = 0;
+      for (index_t v = 0; v < V; ++v) top = std::max(top, logits[i * V + v]);
+      std::vector<double> p(static_cast<std::size_t>(V));
+      for (index_t v = 0; v < V; ++v) total += p[static_cast<std::size_t>(v)] = std::exp(logits[i * V + v] - top);
+      for (index_t k = 0; k < d; ++k) {
+        double expected = 0;
+        for (index_t v = 0; v < V; ++v) expected += p[static_cast<std::size_t>(v)] / total * table[v * d + k];
+        worst = std::max(worst, std::abs(z[i * d + k] - expected) / (std::abs(expected) + 1e-12));
+      }
+    }
+    CHECK(worst <= 1e-12);
+    // The correction starts at zero and is trained with the new parameters.
+    const auto groups = mixture.parameter_groups(10.0);
+    REQUIRE(groups.size() == 2);
+    const auto& fresh = groups[1].parameters;
+    CHECK(std::any_of(fresh.begin(), fresh.end(), [](auto* q) { return q->name() == "coprocessor.latent_projection.weight"; }));
+  }
+}
+
+TEST_CASE("gradients of token-mixture latents reach the coprocessor's head, weights and correction exactly") {
+  dca::Decoder<double> decoder(presets()[0], 2);
+  decoder.freeze();
+  const auto ids = tokens(11, 8);
+  const auto plan = dca::AugmentationPlan::given(1, 11, 3, {2, 6});
+  CoprocessorConfig c;
+  c.n_ahead = 3;
+  c.latent_form = dca::LatentForm::token_mixture;
+  Cop<2> coprocessor(decoder, c);
+  auto params = coprocessor.parameters();
+  auto& correction = *params[params.size() - 2];
+  REQUIRE(correction.name() == "coprocessor.latent_projection.weight");
+  correction.value() = dca::test::random_tensor(correction.value().shape(), 3, -0.2, 0.2);  // its input's path too
+  std::vector<dca::Parameter<double>*> checked = {params.back(), params.front(), params[params.size() / 2], &correction};
+  dca::GradCheckOptions options;
+  options.max_elements_per_input = 6;
+  const auto result = dca::check_parameter_gradients(
+      options, [&](dca::Tape<double>& tape) { return coprocessor.loss(tape, decoder, ids, plan).loss; },
+      std::span<dca::Parameter<double>* const>(checked));
+  CHECK(result);
 }
 
 TEST_CASE("the last-layer ablation and a randomly initialised coprocessor train through the same path") {

@@ -56,6 +56,9 @@ TEST_CASE("a program's bare and worked lines say the statements, the query and t
         current = steps[s];
       }
       CHECK(steps.back() == p.answer);
+      for (dca::index_t n = 0; n < hops; ++n) CHECK(p.worked_steps(n) == steps.substr(0, static_cast<std::size_t>(2 * n)));
+      CHECK_THROWS_WITH_AS(p.worked_steps(hops), doctest::Contains("is outside [0, "), dca::RangeError);
+      CHECK_THROWS_AS(p.worked_steps(-1), dca::RangeError);
     }
 }
 

@@ -15,6 +15,9 @@ enum class LatentForm {
   residual,      // default: the insertion token's embedding + (coprocessor output)·Wᵀ, W starting at zero
   normed,        // the coprocessor's final hidden state after its final norm
   final_hidden,  // the coprocessor's last residual-stream state, before the final norm (paper-literal reading)
+  token_mixture, // softmax(coprocessor logits)·E (the decoder's embedding table) + (coprocessor output)·Wᵀ,
+                 // W starting at zero: each latent starts as the embedding of what the coprocessor would
+                 // write next, so the decoder reads it as text — e.g. a worked step it can continue from
 };
 
 /// What the coprocessor reads of the decoder.

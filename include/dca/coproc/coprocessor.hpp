@@ -17,6 +17,7 @@
 // sequence per batch row with a boolean attention mask — and the tests hold the two equal.
 #pragma once
 
+#include "dca/autodiff/ops/softmax.hpp"
 #include "dca/cache/kv_cache.hpp"
 #include "dca/coproc/config.hpp"
 #include "dca/coproc/layout.hpp"
@@ -75,8 +76,8 @@ class Coprocessor {
     Tensor<T> soft(Shape{NumLatents, d});
     for (index_t i = 0; i < soft.numel(); ++i) soft[i] = static_cast<T>(config_.soft_token_std * rng.normal());
     soft_tokens_ = Parameter<T>("coprocessor.soft_tokens", std::move(soft));
-    if (config_.latent_form == LatentForm::residual)
-      projection_ = Parameter<T>("coprocessor.latent_projection.weight", Tensor<T>(Shape{d, d}));  // zero: z = e(x_t)
+    if (config_.latent_form == LatentForm::residual || config_.latent_form == LatentForm::token_mixture)
+      projection_ = Parameter<T>("coprocessor.latent_projection.weight", Tensor<T>(Shape{d, d}));  // zero: no correction
   }
 
   const CoprocessorConfig& config() const { return config_; }
@@ -93,7 +94,7 @@ class Coprocessor {
   const Objective& objective() const { return objective_; }
 
   /// The trainable parameters: the coprocessor model's unfrozen ones, the latent projection
-  /// (residual form) and the soft tokens. A pause-token baseline trains only its soft tokens.
+  /// (residual and token-mixture forms) and the soft tokens. A pause-token baseline trains only its soft tokens.
   std::vector<Parameter<T>*> parameters() {
     std::vector<Parameter<T>*> out;
     if (config_.source == LatentSource::coprocessor) {
@@ -107,9 +108,9 @@ class Coprocessor {
 
   /// The trainable parameters in two groups: "model", the coprocessor transformer's weights
   /// (copied from the decoder by default), and "new", the parameters initialised here — the soft
-  /// tokens, the residual form's zero-initialised projection and LoRA's zero-initialised B
-  /// matrices — at `new_lr_multiplier` times the learning rate (LoRA+ and prompt tuning give such
-  /// parameters 10–30×). Empty groups are left out.
+  /// tokens, the zero-initialised projection of the residual and token-mixture forms and LoRA's
+  /// zero-initialised B matrices — at `new_lr_multiplier` times the learning rate (LoRA+ and prompt
+  /// tuning give such parameters 10–30×). Empty groups are left out.
   std::vector<ParameterGroup<T>> parameter_groups(double new_lr_multiplier = 1.0) {
     ParameterGroup<T> model{"model", {}, 1.0, {}}, fresh{"new", {}, new_lr_multiplier, {}};
     for (Parameter<T>* p : parameters())
@@ -158,6 +159,11 @@ class Coprocessor {
     const Var<T> h = config_.input == CoprocessorInput::kv_cache
                          ? read_cache(tape, soft, cache, queries, masks)
                          : read_last_layer(tape, soft, queries, decoder_residual);
+    if (config_.latent_form == LatentForm::token_mixture) {
+      // [G·N_L, V]·[V, d]: the coprocessor's next-token distribution over the decoder's (frozen) table
+      const Var<T> written = matmul(softmax(model_.head(tape, h)), tape.param(decoder.token_embedding()));
+      return add(written, linear(h, tape.param(projection_)));
+    }
     if (config_.latent_form != LatentForm::residual) return h;
     std::vector<index_t> bases;
     for (const index_t token : queries.tokens) bases.insert(bases.end(), NumLatents, token);
@@ -357,7 +363,8 @@ class Coprocessor {
     return concat_rows(std::span<const Var<T>>(latent_rows));
   }
 
-  // What the latent form reads of the coprocessor's output.
+  // What the latent form reads of the coprocessor's output (the token mixture: the normed hidden
+  // state its head maps to logits).
   Var<T> latent_output(const DecoderOutput<T>& out) const {
     return config_.latent_form == LatentForm::final_hidden ? out.residual : out.hidden;
   }

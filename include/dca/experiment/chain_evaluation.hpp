@@ -36,7 +36,8 @@ enum class LatentControl {
 
 namespace detail {
 
-// Programs in batches of `batch`, each as context + bare prompt + answer, right-padded with
+// Programs in batches of `batch`, each as context + bare prompt + its first `steps` worked steps +
+// answer, right-padded with
 // newlines to the batch's longest: `ids` [B·T] and the row of each prompt's last token.
 struct ChainBatch {
   std::vector<index_t> ids;
@@ -47,7 +48,7 @@ struct ChainBatch {
 };
 
 inline std::vector<ChainBatch> chain_batches(const std::string& context, std::span<const ChainProgram> programs,
-                                             index_t batch) {
+                                             index_t batch, index_t steps = 0) {
   if (batch < 1) fail<RangeError>("chain evaluation: batch = ", batch, " must be at least 1");
   std::vector<ChainBatch> out;
   for (std::size_t begin = 0; begin < programs.size(); begin += static_cast<std::size_t>(batch)) {
@@ -56,7 +57,7 @@ inline std::vector<ChainBatch> chain_batches(const std::string& context, std::sp
     b.batch = static_cast<index_t>(end - begin);
     std::vector<std::string> texts;
     for (std::size_t i = begin; i < end; ++i) {
-      texts.push_back(context + programs[i].bare_prompt());
+      texts.push_back(context + programs[i].bare_prompt() + programs[i].worked_steps(steps));
       b.prompt_ends.push_back(static_cast<index_t>(texts.back().size()) - 1);
       b.answers.push_back(static_cast<unsigned char>(programs[i].answer));
       texts.back() += programs[i].answer;
@@ -96,12 +97,16 @@ inline ArithmeticScore score_chain_answers(std::span<const ChainProgram> program
 
 /// The frozen decoder's bare answers: for each program the byte it ranks first after
 /// context + "…?q=" (what greedy decoding writes first), `batch` programs per forward pass.
+/// With `steps` > 0 the program's first worked steps follow as text ("…?d=b=" for one step of
+/// d ← b ← k ← 5): what latents could tell the decoder if it read them as written steps.
+/// RangeError unless 0 ≤ steps < every program's hop count.
 template <Scalar T>
 std::vector<index_t> chain_answers_direct(Decoder<T>& decoder, const std::string& context,
-                                          std::span<const ChainProgram> programs, index_t batch = 32) {
+                                          std::span<const ChainProgram> programs, index_t batch = 32,
+                                          index_t steps = 0) {
   std::vector<index_t> predicted;
   Tape<T> tape;
-  for (const detail::ChainBatch& b : detail::chain_batches(context, programs, batch)) {
+  for (const detail::ChainBatch& b : detail::chain_batches(context, programs, batch, steps)) {
     tape.reset();
     NoGradGuard<T> no_grad(tape);
     const Var<T> logits = decoder.logits(tape, b.ids, b.batch);
@@ -116,6 +121,14 @@ template <Scalar T>
 ArithmeticScore score_chains_direct(Decoder<T>& decoder, const std::string& context,
                                     std::span<const ChainProgram> programs, index_t batch = 32) {
   const std::vector<index_t> predicted = chain_answers_direct(decoder, context, programs, batch);
+  return score_chain_answers(programs, predicted);
+}
+
+/// Accuracy of the bare answers given the first `steps` worked steps as text (chain_answers_direct).
+template <Scalar T>
+ArithmeticScore score_chains_given_steps(Decoder<T>& decoder, const std::string& context,
+                                         std::span<const ChainProgram> programs, index_t steps, index_t batch = 32) {
+  const std::vector<index_t> predicted = chain_answers_direct(decoder, context, programs, batch, steps);
   return score_chain_answers(programs, predicted);
 }
 

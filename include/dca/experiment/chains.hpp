@@ -89,6 +89,14 @@ struct ChainProgram {
     for (index_t i = hops() - 2; i >= 0; --i) out += std::string(1, chain[static_cast<std::size_t>(i)]) + '=';
     return out + answer;
   }
+  /// The first `n` worked steps, each a variable and '=': "b=k=" for n = 2 of "b=k=5".
+  /// RangeError unless 0 ≤ n < hops() (the last step is the answer).
+  std::string worked_steps(index_t n) const {
+    if (n < 0 || n >= hops())
+      detail::fail<RangeError>("ChainProgram::worked_steps: n = ", n, " is outside [0, ", hops() - 1,
+                               "] for a program of ", hops(), " hops");
+    return worked_answer().substr(0, static_cast<std::size_t>(2 * n));
+  }
   /// The program as a training line, bare or worked, ending in '\n'.
   std::string text(bool worked) const {
     return worked ? worked_prompt() + worked_answer() + '\n' : bare_prompt() + answer + '\n';
