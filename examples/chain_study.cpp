@@ -56,6 +56,7 @@ struct Options {
   std::string out_dir;  // default runs/chains/coprocessor-<N_L>
   index_t latents = 4;
   std::string positions = "insertion", source = "coprocessor", latent_form = "residual";
+  bool prefer_answers = false;  // diagnostic: points after a bare query ("?d=") first
   dca::CoprocessorConfig coprocessor{.n_ahead = 4};
   dca::CoprocessorTrainerConfig run{.batch_size = 32,
                                     .seq_len = 64,
@@ -171,7 +172,10 @@ int train_coprocessor(const Options& o) {
                   : o.latent_form == "token-mixture" ? dca::LatentForm::token_mixture
                                                      : dca::LatentForm::residual;
   dca::Coprocessor<float, N> coprocessor(decoder, c);
-  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, o.run);
+  dca::CoprocessorTrainerConfig run = o.run;
+  if (o.prefer_answers)  // the slot of '=' in "?d=": the next token is a bare answer
+    run.preferred_points = [](std::span<const index_t> s, index_t t) { return t >= 2 && s[t] == '=' && s[t - 2] == '?'; };
+  dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
   const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
   if (fs::exists(checkpoint)) {
     trainer.load_checkpoint(checkpoint);
@@ -197,10 +201,10 @@ int train_coprocessor(const Options& o) {
     print_rows(step, rows, text_change);
     append_rows(fs::path(out) / "hops.csv", step, rows, text_change);
   };
-  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld, %s positions, %s latents from the %s, oracle lookahead %ld: "
-              "%ld steps\n",
+  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s latents from the %s, oracle lookahead "
+              "%ld: %ld steps\n",
               static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
-              o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
+              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
               static_cast<long>(o.run.optimization.total_steps));
   if (trainer.step_count() == 0) evaluate(0);
   const auto start = Clock::now();
@@ -270,6 +274,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cop->add_option("--oracle", o.coprocessor.oracle_lookahead, "diagnostic: the prefix reaches this many tokens past t")
       ->capture_default_str();
+  cop->add_flag("--prefer-answers", o.prefer_answers,
+               "diagnostic: take the points before bare answers first (the rest of the K uniform)");
   cop->add_option("--seed", o.run.seed, "batches and points (the soft tokens: --seed too)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   o.run.optimization.min_lr = o.run.optimization.max_lr / 10;

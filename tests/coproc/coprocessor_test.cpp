@@ -208,6 +208,50 @@ TEST_CASE("gradients of token-mixture latents reach the coprocessor's head, weig
   CHECK(result);
 }
 
+TEST_CASE("a plan preferring points takes them first, up to K, and fills the rest uniformly from the others") {
+  const index_t T = 20, n_ahead = 3, K = 5, available = T - n_ahead;
+  std::vector<index_t> ids(2 * T, 1);
+  for (const index_t t : {2, 5, 9}) ids[t] = 7;                       // fewer preferred points than K
+  for (const index_t t : {0, 1, 3, 4, 6, 10, 12, 16}) ids[T + t] = 7;  // more than K
+  ids[T + 18] = 7;                                                     // past the last point: never taken
+  const auto is_seven = [](std::span<const index_t> s, index_t t) { return s[t] == 7; };
+  dca::Rng rng(3);
+  std::vector<int> counts(static_cast<std::size_t>(2 * available), 0);
+  const int draws = 2000;
+  for (int d = 0; d < draws; ++d) {
+    const auto plan = dca::AugmentationPlan::preferring(2, T, K, n_ahead, ids, is_seven, rng);
+    REQUIRE(plan.points.size() == static_cast<std::size_t>(2 * K));
+    for (index_t b = 0; b < 2; ++b) {
+      index_t preferred = 0;
+      for (index_t j = 0; j < K; ++j) {
+        const index_t t = plan.point(b, j);
+        REQUIRE((t >= 0 && t < available));
+        if (j > 0) REQUIRE(t > plan.point(b, j - 1));  // distinct and ascending
+        preferred += ids[static_cast<std::size_t>(b * T + t)] == 7 ? 1 : 0;
+        ++counts[static_cast<std::size_t>(b * available + t)];
+      }
+      CHECK(preferred == (b == 0 ? 3 : K));
+    }
+  }
+  // Sequence 0: its 3 preferred points always, each of the 14 others 2/14 of the time; sequence 1:
+  // each of its 8 preferred points 5/8 of the time (±0.011 standard error), the others never.
+  for (index_t t = 0; t < available; ++t) {
+    CAPTURE(t);
+    const double zero = counts[static_cast<std::size_t>(t)] / double(draws);
+    const double one = counts[static_cast<std::size_t>(available + t)] / double(draws);
+    if (ids[static_cast<std::size_t>(t)] == 7) CHECK(zero == 1.0);
+    else CHECK((zero > 0.143 - 0.05 && zero < 0.143 + 0.05));
+    if (ids[static_cast<std::size_t>(T + t)] == 7) CHECK((one > 0.625 - 0.05 && one < 0.625 + 0.05));
+    else CHECK(one == 0.0);
+  }
+  // Every point preferred: the same draws as the uniform plan.
+  dca::Rng a(9), b(9);
+  const auto all = dca::AugmentationPlan::preferring(2, T, K, n_ahead, ids, [](auto, index_t) { return true; }, a);
+  CHECK(all.points == dca::AugmentationPlan::random(2, T, K, n_ahead, b).points);
+  CHECK_THROWS_WITH_AS(dca::AugmentationPlan::preferring(2, T, K, n_ahead, std::span<const index_t>(ids).first(T), is_seven, rng),
+                       doctest::Contains("20 token ids for 2 sequences of 20"), dca::RangeError);
+}
+
 TEST_CASE("the last-layer ablation and a randomly initialised coprocessor train through the same path") {
   const auto config = presets()[1];
   dca::Decoder<double> decoder(config, 3);

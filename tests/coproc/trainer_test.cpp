@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -94,6 +95,26 @@ TEST_CASE("training the coprocessor lowers the augmented training loss through a
   MESSAGE("augmented training loss ", first, " -> ", last);
   CHECK(last < first - 0.1);
   CHECK(std::ranges::equal(decoder.parameters()[0]->value().span(), before.span()));  // the decoder never moves
+}
+
+TEST_CASE("the trainer draws its points from the preferred-points rule when given one, uniformly otherwise") {
+  const auto corpus = sample_corpus();
+  auto decoder = untrained_decoder();
+  const auto losses = [&](std::function<bool(std::span<const dca::index_t>, dca::index_t)> rule) {
+    dca::CoprocessorConfig c;
+    c.n_ahead = 2;
+    c.latent_form = dca::LatentForm::normed;
+    dca::Coprocessor<float, 1> coprocessor(decoder, c);
+    auto run = tiny_run();
+    run.preferred_points = std::move(rule);
+    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+    std::vector<double> out;
+    for (int i = 0; i < 3; ++i) out.push_back(trainer.step());
+    return out;
+  };
+  const auto uniform = losses({});
+  CHECK(losses([](auto, dca::index_t) { return true; }) == uniform);  // every point preferred: the uniform draws
+  CHECK(losses([](auto, dca::index_t t) { return t < 3; }) != uniform);  // K = 3: always the first three
 }
 
 TEST_CASE("on one fixed batch the latents alone steer the frozen decoder's next-token loss well below its own") {

@@ -8,6 +8,7 @@
 #include "dca/core/random.hpp"
 
 #include <algorithm>
+#include <span>
 #include <vector>
 
 namespace dca {
@@ -34,6 +35,39 @@ struct AugmentationPlan {
         std::swap(all[static_cast<std::size_t>(i)], all[static_cast<std::size_t>(i + rng.below(available - i))]);
       std::sort(all.begin(), all.begin() + k);
       plan.points.insert(plan.points.end(), all.begin(), all.begin() + k);
+    }
+    return plan;
+  }
+
+  /// K distinct points per sequence of ids [batch·T], taking first the points `preferred(sequence,
+  /// t)` accepts (a uniform sample of them when more than K) and filling the rest uniformly from the
+  /// others: where a study wants the coprocessor trained more often, without leaving the others.
+  template <class Predicate>
+  static AugmentationPlan preferring(index_t batch, index_t seq_len, index_t k, index_t n_ahead,
+                                     std::span<const index_t> ids, Predicate&& preferred, Rng& rng) {
+    check_sizes(batch, seq_len, k, n_ahead);
+    if (static_cast<index_t>(ids.size()) != batch * seq_len)
+      detail::fail<RangeError>("AugmentationPlan::preferring: ", ids.size(), " token ids for ", batch,
+                               " sequences of ", seq_len);
+    AugmentationPlan plan{batch, seq_len, k, n_ahead, {}};
+    const index_t available = seq_len - n_ahead;
+    std::vector<index_t> order;
+    for (index_t b = 0; b < batch; ++b) {
+      const std::span<const index_t> sequence = ids.subspan(static_cast<std::size_t>(b * seq_len),
+                                                            static_cast<std::size_t>(seq_len));
+      order.clear();
+      for (index_t t = 0; t < available; ++t)
+        if (preferred(sequence, t)) order.push_back(t);
+      const auto first = static_cast<index_t>(order.size());
+      for (index_t t = 0; t < available; ++t)
+        if (!preferred(sequence, t)) order.push_back(t);
+      // Partial Fisher–Yates within each part: the preferred ones, then the others.
+      for (index_t i = 0; i < k; ++i) {
+        const index_t end = i < first ? first : available;
+        std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(i + rng.below(end - i))]);
+      }
+      std::sort(order.begin(), order.begin() + k);
+      plan.points.insert(plan.points.end(), order.begin(), order.begin() + k);
     }
     return plan;
   }

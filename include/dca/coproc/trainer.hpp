@@ -16,6 +16,8 @@
 #include "dca/train/loop.hpp"
 
 #include <filesystem>
+#include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +34,9 @@ struct CoprocessorTrainerConfig {
   double new_lr_multiplier = 1.0;  // the rate of the parameters initialised here — soft tokens, the
                                    // latent projection, LoRA's B — relative to the copied weights
   LearningCurveConfig curve;       // off unless curve.every > 0; held-out rows: evaluate(eval_batches, eval_points)
+  // Points to take first (AugmentationPlan::preferring), given a sequence [T] and a point t; the
+  // rest of the K are uniform. Empty: all K uniform (the paper's recipe).
+  std::function<bool(std::span<const index_t>, index_t)> preferred_points;
 
   void validate() const {
     if (batch_size < 1 || seq_len < 2 || points_per_sequence < 1)
@@ -70,8 +75,13 @@ class CoprocessorTrainer {
   /// One optimizer step on a fresh batch with fresh augmentation points; returns the objective.
   double step() {
     const Batch batch = sampler_.sample(config_.batch_size, config_.seq_len);
-    const AugmentationPlan plan = AugmentationPlan::random(
-        config_.batch_size, config_.seq_len, config_.points_per_sequence, coprocessor_.config().n_ahead, points_rng_);
+    const index_t sequences = config_.batch_size, length = config_.seq_len, k = config_.points_per_sequence,
+                  n_ahead = coprocessor_.config().n_ahead;
+    const AugmentationPlan plan =
+        config_.preferred_points
+            ? AugmentationPlan::preferring(sequences, length, k, n_ahead, std::span<const index_t>(batch.inputs),
+                                           config_.preferred_points, points_rng_)
+            : AugmentationPlan::random(sequences, length, k, n_ahead, points_rng_);
     return loop_.step([&](Tape<T>& tape) {
       AugmentedLoss<T> loss =
           coprocessor_.loss(tape, decoder_, batch.inputs, plan);  // the window's first seq_len tokens
