@@ -38,6 +38,18 @@ dca::Coprocessor<double, N> varied_coprocessor(dca::Decoder<double>& decoder, dc
 
 const dca::ChainConfig task{.max_hops = 3, .distractor_chains = 1, .seed = 2};
 
+// The first byte cached greedy decoding writes after `text`.
+dca::index_t greedy_first_byte(dca::Decoder<double>& decoder, const std::string& text) {
+  dca::Tape<double> tape;
+  dca::KVCache<double> cache(decoder.config(), 256);
+  dca::GenerationConfig greedy;
+  greedy.temperature = 0;
+  greedy.max_tokens = 1;
+  const auto tokens = dca::generate(tape, decoder, cache, dca::ByteTokenizer().encode(text), greedy).tokens;
+  REQUIRE(tokens.size() == 1);
+  return tokens[0];
+}
+
 }  // namespace
 
 TEST_CASE("direct chain answers are greedy decoding's first byte, program by program, in any batch size") {
@@ -46,19 +58,11 @@ TEST_CASE("direct chain answers are greedy decoding's first byte, program by pro
   const auto programs = dca::held_out_chains(task, 2, 11);
   const auto batched = dca::chain_answers_direct(decoder, context, programs, 4);
   CHECK(batched == dca::chain_answers_direct(decoder, context, programs, 1));
-  dca::Tape<double> tape;
-  dca::KVCache<double> cache(decoder.config(), 256);
-  dca::GenerationConfig greedy;
-  greedy.temperature = 0;
-  greedy.max_tokens = 1;
-  const dca::ByteTokenizer tokenizer;
   std::set<dca::index_t> distinct;
   for (std::size_t i = 0; i < programs.size(); ++i) {
-    cache.reset();
-    const auto tokens = dca::generate(tape, decoder, cache, tokenizer.encode(context + programs[i].bare_prompt()), greedy).tokens;
-    REQUIRE(tokens.size() == 1);
-    CHECK(batched[i] == tokens[0]);
-    distinct.insert(tokens[0]);
+    const dca::index_t first = greedy_first_byte(decoder, context + programs[i].bare_prompt());
+    CHECK(batched[i] == first);
+    distinct.insert(first);
   }
   CHECK(distinct.size() > 1);  // the programs are told apart, so the comparison means something
   const auto score = dca::score_chains_direct(decoder, context, programs, 4);
@@ -70,23 +74,13 @@ TEST_CASE("answers given worked steps are greedy decoding's first byte after the
   auto decoder = varied_decoder(4);
   const std::string context = dca::chain_context(task, 1);
   const auto programs = dca::held_out_chains(task, 3, 7);
-  dca::Tape<double> tape;
-  dca::KVCache<double> cache(decoder.config(), 256);
-  dca::GenerationConfig greedy;
-  greedy.temperature = 0;
-  greedy.max_tokens = 1;
-  const dca::ByteTokenizer tokenizer;
   CHECK(dca::chain_answers_direct(decoder, context, programs, 3, 0) == dca::chain_answers_direct(decoder, context, programs));
   for (const dca::index_t steps : {1, 2}) {
     CAPTURE(steps);
     const auto batched = dca::chain_answers_direct(decoder, context, programs, 3, steps);
     for (std::size_t i = 0; i < programs.size(); ++i) {
       const std::string written = programs[i].worked_answer().substr(0, static_cast<std::size_t>(2 * steps));  // "b=", "b=k="
-      cache.reset();
-      const auto tokens =
-          dca::generate(tape, decoder, cache, tokenizer.encode(context + programs[i].bare_prompt() + written), greedy).tokens;
-      REQUIRE(tokens.size() == 1);
-      CHECK(batched[i] == tokens[0]);
+      CHECK(batched[i] == greedy_first_byte(decoder, context + programs[i].bare_prompt() + written));
     }
     CHECK(dca::score_chains_given_steps(decoder, context, programs, steps, 3).correct ==
           dca::score_chain_answers(programs, batched).correct);
