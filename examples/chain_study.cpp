@@ -64,7 +64,8 @@ struct Options {
                                     .optimization = {.max_lr = 3e-4, .min_lr = 3e-5, .warmup_steps = 50,
                                                      .total_steps = 1500, .weight_decay = 0.0},
                                     .new_lr_multiplier = 10.0,
-                                    .curve = {}};
+                                    .curve = {},
+                                    .preferred_points = {}};
 };
 
 dca::CorpusMixture text_corpus(const Options& o) {
