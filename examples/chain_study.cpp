@@ -6,6 +6,7 @@
 //   ./build/examples/chain_study coprocessor --latents 4         # runs/chains/coprocessor-4
 //   ./build/examples/chain_study coprocessor --oracle 1          # channel capacity: the prefix sees the answer
 //   ./build/examples/chain_study coprocessor --source pause      # pause tokens at the same N_L
+//   ./build/examples/chain_study steps                           # the decoder given worked steps as text
 //   ./build/examples/chain_study --help                          # every option of each
 //
 // Each evaluation prints, per hop count, the frozen decoder's bare answer, its answer when it
@@ -123,6 +124,24 @@ std::vector<HopRow> frozen_rows(dca::Decoder<float>& decoder, const Options& o, 
   return rows;
 }
 
+// The frozen decoder's bare answers with the first s worked steps written after the prompt, per
+// hop count: what latents could reach if the decoder read them as written steps.
+int given_steps(const Options& o) {
+  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
+  const std::string context = dca::chain_context(o.task, o.shots);
+  std::printf("held-out programs (%% correct) given the first s worked steps after \"?q=\":\n%5s", "hops");
+  for (index_t s = 0; s < o.task.max_hops; ++s) std::printf("  s = %ld", static_cast<long>(s));
+  std::printf("\n");
+  for (index_t h = 1; h <= o.task.max_hops; ++h) {
+    const auto programs = dca::held_out_chains(o.task, h, o.programs);
+    std::printf("%5ld", static_cast<long>(h));
+    for (index_t s = 0; s < h; ++s)
+      std::printf(" %7.1f", 100 * dca::score_chains_given_steps(decoder, context, programs, s).accuracy());
+    std::printf("\n");
+  }
+  return 0;
+}
+
 int pretrain(const Options& o) {
   fs::create_directories(o.decoder_dir);
   const dca::CorpusMixture corpus = mixture(o);
@@ -205,8 +224,8 @@ int train_coprocessor(const Options& o) {
   std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s latents from the %s, oracle lookahead "
               "%ld: %ld steps\n",
               static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
-              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(), static_cast<long>(c.oracle_lookahead),
-              static_cast<long>(o.run.optimization.total_steps));
+              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(),
+              static_cast<long>(c.oracle_lookahead), static_cast<long>(o.run.optimization.total_steps));
   if (trainer.step_count() == 0) evaluate(0);
   const auto start = Clock::now();
   const index_t first = trainer.step_count(), total = o.run.optimization.total_steps;
@@ -253,6 +272,8 @@ int main(int argc, char** argv) {
   pre->add_option("--seq", o.pretrain.seq_len, "bytes per sequence")->capture_default_str();
   pre->add_option("--lr", o.pretrain.optimization.max_lr, "peak learning rate")->capture_default_str();
   pre->add_option("--seed", o.pretrain.seed, "initialisation and batches")->capture_default_str();
+  CLI::App* steps = app.add_subcommand("steps", "score the frozen decoder given the first worked steps as text");
+  task_flags(steps);
   CLI::App* cop = app.add_subcommand("coprocessor", "train a coprocessor through the frozen decoder");
   task_flags(cop);
   cop->add_option("--out", o.out_dir, "run directory (default runs/chains/coprocessor-<N_L>)");
@@ -286,6 +307,7 @@ int main(int argc, char** argv) {
     dca::set_num_threads(o.threads);
     std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
     if (pre->parsed()) return pretrain(o);
+    if (steps->parsed()) return given_steps(o);
     return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return train_coprocessor<decltype(n)::value>(o); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\nchain_study: %s\n", e.what());

@@ -51,16 +51,14 @@ struct AugmentationPlan {
                                " sequences of ", seq_len);
     AugmentationPlan plan{batch, seq_len, k, n_ahead, {}};
     const index_t available = seq_len - n_ahead;
-    std::vector<index_t> order;
+    std::vector<index_t> order(static_cast<std::size_t>(available));
     for (index_t b = 0; b < batch; ++b) {
       const std::span<const index_t> sequence = ids.subspan(static_cast<std::size_t>(b * seq_len),
                                                             static_cast<std::size_t>(seq_len));
-      order.clear();
-      for (index_t t = 0; t < available; ++t)
-        if (preferred(sequence, t)) order.push_back(t);
-      const auto first = static_cast<index_t>(order.size());
-      for (index_t t = 0; t < available; ++t)
-        if (!preferred(sequence, t)) order.push_back(t);
+      for (index_t t = 0; t < available; ++t) order[static_cast<std::size_t>(t)] = t;
+      const auto rest =
+          std::stable_partition(order.begin(), order.end(), [&](index_t t) { return preferred(sequence, t); });
+      const auto first = static_cast<index_t>(rest - order.begin());
       // Partial Fisher–Yates within each part: the preferred ones, then the others.
       for (index_t i = 0; i < k; ++i) {
         const index_t end = i < first ? first : available;

@@ -37,8 +37,8 @@ enum class LatentControl {
 namespace detail {
 
 // Programs in batches of `batch`, each as context + bare prompt + its first `steps` worked steps +
-// answer, right-padded with
-// newlines to the batch's longest: `ids` [B·T] and the row of each prompt's last token.
+// answer, right-padded with newlines to the batch's longest: `ids` [B·T] and the row of each
+// prompt's last token.
 struct ChainBatch {
   std::vector<index_t> ids;
   std::vector<index_t> prompt_ends;  // [B] position of the prompt's last byte ('=')
