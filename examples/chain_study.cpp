@@ -7,6 +7,9 @@
 //   ./build/examples/chain_study coprocessor --oracle 1          # channel capacity: the prefix sees the answer
 //   ./build/examples/chain_study coprocessor --source pause      # pause tokens at the same N_L
 //   ./build/examples/chain_study steps                           # the decoder given worked steps as text
+//   ./build/examples/chain_study probe --latents 2               # diagnostic: latents trained to write a step
+//   ./build/examples/chain_study coprocessor --latents 2 --init runs/chains/probe-2/checkpoint.safetensors
+//                                                                # the paper's objective from the probe's weights
 //   ./build/examples/chain_study --help                          # every option of each
 //
 // Each evaluation prints, per hop count, the frozen decoder's bare answer, its answer when it
@@ -17,6 +20,7 @@
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/chain_evaluation.hpp>
+#include <dca/experiment/chain_probe.hpp>
 
 #include "progress.hpp"
 
@@ -58,6 +62,8 @@ struct Options {
   index_t latents = 4;
   std::string positions = "insertion", source = "coprocessor", latent_form = "residual";
   bool prefer_answers = false;  // diagnostic: points after a bare query ("?d=") first
+  index_t probe_steps = 1;      // probe: the worked steps its latents are trained to write
+  std::string init;             // coprocessor: start from a probe's checkpoint (same N_L and latent form)
   dca::CoprocessorConfig coprocessor{.n_ahead = 4};
   dca::CoprocessorTrainerConfig run{.batch_size = 32,
                                     .seq_len = 64,
@@ -195,6 +201,12 @@ int train_coprocessor(const Options& o) {
   dca::CoprocessorTrainerConfig run = o.run;
   if (o.prefer_answers)  // the slot of '=' in "?d=": the next token is a bare answer
     run.preferred_points = [](std::span<const index_t> s, index_t t) { return t >= 2 && s[t] == '=' && s[t - 2] == '?'; };
+  if (!o.init.empty() && !fs::exists(fs::path(out) / "checkpoint.safetensors")) {
+    // Only the weights: a throwaway loop of the same groups takes the probe's optimizer state.
+    dca::TrainingLoop<float> probe_loop(coprocessor.parameter_groups(run.new_lr_multiplier), run.optimization);
+    probe_loop.load_checkpoint(o.init, {}, [](const auto&) {});
+    std::printf("coprocessor weights from %s (step %ld)\n", o.init.c_str(), static_cast<long>(probe_loop.step_count()));
+  }
   dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
   const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
   if (fs::exists(checkpoint)) {
@@ -238,6 +250,83 @@ int train_coprocessor(const Options& o) {
     if (trainer.step_count() % o.eval_every == 0 || trainer.step_count() == total) {
       evaluate(trainer.step_count());
       trainer.save_checkpoint(checkpoint);
+    }
+  }
+  return 0;
+}
+
+// The supervised diagnostic (dca/experiment/chain_probe.hpp): a token-mixture coprocessor trained
+// to write each program's first worked steps after the bare prompt. Per hop count: how often its
+// latents write them, and the frozen decoder's bare answers with them and with another program's.
+template <index_t N>
+int probe(const Options& o) {
+  const std::string out = o.out_dir.empty() ? "runs/chains/probe-" + std::to_string(N) : o.out_dir;
+  fs::create_directories(out);
+  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
+  decoder.freeze();
+  dca::CoprocessorConfig c = o.coprocessor;
+  c.positions = o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+  c.latent_form = dca::LatentForm::token_mixture;
+  dca::Coprocessor<float, N> coprocessor(decoder, c);
+  dca::TrainingLoop<float> loop(coprocessor.parameter_groups(o.run.new_lr_multiplier), o.run.optimization);
+  const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
+  if (fs::exists(checkpoint)) {
+    loop.load_checkpoint(checkpoint, {}, [](const auto&) {});
+    std::printf("resumed at step %ld\n", static_cast<long>(loop.step_count()));
+  }
+  const std::string context = dca::chain_context(o.task, o.shots);
+  const std::vector<HopRow> frozen = frozen_rows(decoder, o, false);
+  const auto evaluate = [&](index_t step) {
+    std::printf("\nstep %ld, held-out programs (%% correct):\n%5s %8s %8s %10s %9s\n", static_cast<long>(step), "hops",
+                "direct", "written", "augmented", "shuffled");
+    const fs::path csv = fs::path(out) / "probe.csv";
+    const bool fresh = !fs::exists(csv);
+    std::ofstream file(csv, std::ios::app);
+    if (fresh) file << "step,hops,direct,written,augmented,shuffled\n";
+    for (const HopRow& r : frozen) {
+      const auto programs = dca::held_out_chains(o.task, r.hops, o.programs);
+      const double written =
+          r.hops > 1 && o.probe_steps > 0 ? dca::score_chain_steps(decoder, coprocessor, context, programs, o.probe_steps).accuracy() : -1;
+      const double own = dca::score_chains_augmented(decoder, coprocessor, context, programs).accuracy();
+      const double shuffled =
+          dca::score_chains_augmented(decoder, coprocessor, context, programs, dca::LatentControl::shuffled).accuracy();
+      std::printf("%5ld %8.1f", static_cast<long>(r.hops), 100 * r.direct);
+      written < 0 ? std::printf(" %8s", "-") : std::printf(" %8.1f", 100 * written);
+      std::printf(" %10.1f %9.1f\n", 100 * own, 100 * shuffled);
+      file << step << ',' << r.hops << ',' << r.direct << ',' << written << ',' << own << ',' << shuffled << '\n';
+    }
+    if (!file) throw dca::IoError("cannot append to " + csv.string());
+    std::fflush(stdout);
+  };
+  std::printf("probe N_L = %ld, %s positions: token-mixture latents trained to write the first %ld worked step(s) "
+              "after the bare prompt, %ld steps of %ld programs\n",
+              static_cast<long>(N), o.positions.c_str(), static_cast<long>(o.probe_steps),
+              static_cast<long>(o.run.optimization.total_steps), static_cast<long>(o.run.batch_size));
+  if (loop.step_count() == 0) evaluate(0);
+  const auto start = Clock::now();
+  const index_t first = loop.step_count(), total = o.run.optimization.total_steps;
+  while (loop.step_count() < total) {
+    // Step s's programs come from their own stream, so a resumed run draws what it would have.
+    dca::ChainConfig stream = o.task;
+    stream.seed = o.run.seed * 1000003 + static_cast<std::uint64_t>(loop.step_count());
+    dca::ChainGenerator generator(stream);
+    std::vector<dca::ChainProgram> programs;
+    while (static_cast<index_t>(programs.size()) < o.run.batch_size) {
+      dca::ChainProgram p = generator.next_training();
+      if (p.hops() > 1) programs.push_back(std::move(p));
+    }
+    const double loss = loop.step([&](dca::Tape<float>& tape) {
+      return dca::chain_step_loss(tape, decoder, coprocessor, context, std::span<const dca::ChainProgram>(programs),
+                                  o.probe_steps)
+          .loss;
+    });
+    const double rate =
+        static_cast<double>(loop.step_count() - first) / std::chrono::duration<double>(Clock::now() - start).count();
+    examples::draw_progress(loop.step_count(), total, loss, rate, "steps",
+                            static_cast<double>(total - loop.step_count()) / rate);
+    if (loop.step_count() % o.eval_every == 0 || loop.step_count() == total) {
+      evaluate(loop.step_count());
+      loop.save_checkpoint(checkpoint, {});
     }
   }
   return 0;
@@ -298,7 +387,24 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cop->add_flag("--prefer-answers", o.prefer_answers,
                "diagnostic: take the points before bare answers first (the rest of the K uniform)");
+  cop->add_option("--init", o.init, "start from the weights of a probe's checkpoint (same N_L, token-mixture form)")
+      ->check(CLI::ExistingFile);
   cop->add_option("--seed", o.run.seed, "batches and points (the soft tokens: --seed too)")->capture_default_str();
+  CLI::App* pro = app.add_subcommand("probe", "diagnostic: train a coprocessor's latents to write the first worked steps");
+  task_flags(pro);
+  pro->add_option("--out", o.out_dir, "run directory (default runs/chains/probe-<N_L>)");
+  pro->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+  pro->add_option("--probe-steps", o.probe_steps, "worked steps the latents write (one per two latents)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  pro->add_option("--batch", o.run.batch_size, "programs per step")->capture_default_str();
+  pro->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
+  pro->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
+  pro->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
+      ->capture_default_str();
+  pro->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
+      ->capture_default_str();
+  pro->add_option("--seed", o.run.seed, "training programs (the soft tokens: --seed too)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   o.run.optimization.min_lr = o.run.optimization.max_lr / 10;
   o.pretrain.optimization.min_lr = o.pretrain.optimization.max_lr / 10;
@@ -308,6 +414,8 @@ int main(int argc, char** argv) {
     std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
     if (pre->parsed()) return pretrain(o);
     if (steps->parsed()) return given_steps(o);
+    if (pro->parsed())
+      return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return probe<decltype(n)::value>(o); });
     return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return train_coprocessor<decltype(n)::value>(o); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\nchain_study: %s\n", e.what());

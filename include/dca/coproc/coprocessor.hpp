@@ -154,11 +154,8 @@ class Coprocessor {
   /// over the cache rows, which the last-layer input reads instead of the cache.
   Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
                  const Var<T>& decoder_residual, const SoftTokenMasks& masks = {}) {
-    const Var<T> soft = repeated_soft_tokens(tape, queries.size());
-    if (config_.source == LatentSource::pause) return soft;
-    const Var<T> h = config_.input == CoprocessorInput::kv_cache
-                         ? read_cache(tape, soft, cache, queries, masks)
-                         : read_last_layer(tape, soft, queries, decoder_residual);
+    if (config_.source == LatentSource::pause) return repeated_soft_tokens(tape, queries.size());
+    const Var<T> h = read(tape, cache, queries, decoder_residual, masks, config_.latent_form != LatentForm::final_hidden);
     if (config_.latent_form == LatentForm::token_mixture) {
       // [G·N_L, V]·[V, d]: the coprocessor's next-token distribution over the decoder's (frozen) table
       const Var<T> written = matmul(softmax(model_.head(tape, h)), tape.param(decoder.token_embedding()));
@@ -168,6 +165,17 @@ class Coprocessor {
     std::vector<index_t> bases;
     for (const index_t token : queries.tokens) bases.insert(bases.end(), NumLatents, token);
     return add(decoder.embed(tape, bases), linear(h, tape.param(projection_)));
+  }
+
+  /// What each latent would write as text: the coprocessor's head over its normed output at the
+  /// soft tokens of `queries`, logits [G·N_L, V] — the distribution the token-mixture form mixes the
+  /// embedding table with, for any latent form. A probe of what latents say, and the target of the
+  /// supervised diagnostic (experiment/chain_probe.hpp). UsageError for pause tokens (no coprocessor).
+  Var<T> written_logits(Tape<T>& tape, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
+                        const Var<T>& decoder_residual) {
+    if (config_.source == LatentSource::pause)
+      detail::fail<UsageError>("Coprocessor::written_logits: pause tokens are not computed by a coprocessor");
+    return model_.head(tape, read(tape, cache, queries, decoder_residual, {}, true));
   }
 
   /// Residual latents z [N_L, d] computed after `from_token` but inserted after `to_token` (late,
@@ -310,9 +318,18 @@ class Coprocessor {
     return groups == 1 ? copies[0] : concat_rows(std::span<const Var<T>>(copies));
   }
 
+  // The coprocessor's output at the soft tokens of `queries`, [G·N_L, d]: after its final norm
+  // (`normed`) or its last residual-stream state.
+  Var<T> read(Tape<T>& tape, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
+              const Var<T>& decoder_residual, const SoftTokenMasks& masks, bool normed) {
+    const Var<T> soft = repeated_soft_tokens(tape, queries.size());
+    return config_.input == CoprocessorInput::kv_cache ? read_cache(tape, soft, cache, queries, masks, normed)
+                                                       : read_last_layer(tape, soft, queries, decoder_residual, normed);
+  }
+
   // The kv_cache input: the coprocessor over the soft tokens, layer l attending to cache layer l.
   Var<T> read_cache(Tape<T>& tape, const Var<T>& soft, std::span<const ConstantKV<T>> cache,
-                    const LatentQueries& queries, const SoftTokenMasks& masks) {
+                    const LatentQueries& queries, const SoftTokenMasks& masks, bool normed) {
     DecoderInput<T> in;
     in.embeddings = soft;
     in.positions = tape.copy(std::span<const index_t>(queries.soft_positions));
@@ -322,13 +339,14 @@ class Coprocessor {
     in.mask = masks.mask;
     in.window_mask = masks.window_mask;
     in.compute_logits = false;
-    return latent_output(model_.forward(tape, in));
+    const DecoderOutput<T> out = model_.forward(tape, in);
+    return normed ? out.hidden : out.residual;
   }
 
   // The last-layer ablation: group g's input is the decoder's last-layer activations of its
   // prefix followed by the soft tokens, one causal sequence per group.
   Var<T> read_last_layer(Tape<T>& tape, const Var<T>& soft, const LatentQueries& queries,
-                         const Var<T>& decoder_residual) {
+                         const Var<T>& decoder_residual, bool normed) {
     if (decoder_residual.empty())
       detail::fail<UsageError>(
           "Coprocessor: the last_layer input needs the decoder's activations (training path, or latents from tokens)");
@@ -356,17 +374,12 @@ class Coprocessor {
     in.positions = tape.copy(std::span<const index_t>(positions));
     in.groups = tape.copy(std::span<const AttentionGroup>(sequence_groups));
     in.compute_logits = false;
-    const Var<T> h = latent_output(model_.forward(tape, in));
+    const DecoderOutput<T> out = model_.forward(tape, in);
+    const Var<T> h = normed ? out.hidden : out.residual;
     std::vector<Var<T>> latent_rows;
     for (const AttentionGroup& g : sequence_groups)
       latent_rows.push_back(slice_rows(h, g.q_begin + g.q_count - NumLatents, NumLatents));
     return concat_rows(std::span<const Var<T>>(latent_rows));
-  }
-
-  // What the latent form reads of the coprocessor's output (the token mixture: the normed hidden
-  // state its head maps to logits).
-  Var<T> latent_output(const DecoderOutput<T>& out) const {
-    return config_.latent_form == LatentForm::final_hidden ? out.residual : out.hidden;
   }
 
   CoprocessorConfig config_;
