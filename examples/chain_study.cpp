@@ -363,19 +363,24 @@ int main(int argc, char** argv) {
   pre->add_option("--seed", o.pretrain.seed, "initialisation and batches")->capture_default_str();
   CLI::App* steps = app.add_subcommand("steps", "score the frozen decoder given the first worked steps as text");
   task_flags(steps);
+  // What the coprocessor and probe subcommands share: the run, the latents and the optimisation.
+  const auto latent_run_flags = [&](CLI::App* sub, const std::string& kind, const char* batch, const char* seed) {
+    task_flags(sub);
+    sub->add_option("--out", o.out_dir, "run directory (default runs/chains/" + kind + "-<N_L>)");
+    sub->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+    sub->add_option("--batch", o.run.batch_size, batch)->capture_default_str();
+    sub->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
+    sub->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
+    sub->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
+        ->capture_default_str();
+    sub->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
+        ->capture_default_str();
+    sub->add_option("--seed", o.run.seed, seed)->capture_default_str();
+  };
   CLI::App* cop = app.add_subcommand("coprocessor", "train a coprocessor through the frozen decoder");
-  task_flags(cop);
-  cop->add_option("--out", o.out_dir, "run directory (default runs/chains/coprocessor-<N_L>)");
-  cop->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+  latent_run_flags(cop, "coprocessor", "sequences per step", "batches and points (the soft tokens: --seed too)");
   cop->add_option("--ahead", o.coprocessor.n_ahead, "N_A")->capture_default_str();
   cop->add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence (at most seq − N_A)")
-      ->capture_default_str();
-  cop->add_option("--batch", o.run.batch_size, "sequences per step")->capture_default_str();
-  cop->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
-  cop->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
-  cop->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
-      ->capture_default_str();
-  cop->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
       ->capture_default_str();
   cop->add_option("--latent-form", o.latent_form, "what a latent is (dca::LatentForm)")
       ->check(CLI::IsMember({"residual", "normed", "token-mixture"}))
@@ -389,22 +394,11 @@ int main(int argc, char** argv) {
                "diagnostic: take the points before bare answers first (the rest of the K uniform)");
   cop->add_option("--init", o.init, "start from the weights of a probe's checkpoint (same N_L, token-mixture form)")
       ->check(CLI::ExistingFile);
-  cop->add_option("--seed", o.run.seed, "batches and points (the soft tokens: --seed too)")->capture_default_str();
   CLI::App* pro = app.add_subcommand("probe", "diagnostic: train a coprocessor's latents to write the first worked steps");
-  task_flags(pro);
-  pro->add_option("--out", o.out_dir, "run directory (default runs/chains/probe-<N_L>)");
-  pro->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+  latent_run_flags(pro, "probe", "programs per step", "training programs (the soft tokens: --seed too)");
   pro->add_option("--probe-steps", o.probe_steps, "worked steps the latents write (one per two latents)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  pro->add_option("--batch", o.run.batch_size, "programs per step")->capture_default_str();
-  pro->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
-  pro->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
-  pro->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
-      ->capture_default_str();
-  pro->add_option("--positions", o.positions, "latent positions")->check(CLI::IsMember({"insertion", "shifted"}))
-      ->capture_default_str();
-  pro->add_option("--seed", o.run.seed, "training programs (the soft tokens: --seed too)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   o.run.optimization.min_lr = o.run.optimization.max_lr / 10;
   o.pretrain.optimization.min_lr = o.pretrain.optimization.max_lr / 10;
