@@ -184,15 +184,31 @@ int pretrain(const Options& o) {
   return 0;
 }
 
+// What a coprocessor or probe run starts from: its directory (--out, or runs/chains/<kind>-<N_L>,
+// created), the frozen decoder, and the coprocessor config with the chosen positions.
+struct LatentRun {
+  std::string out;
+  dca::Decoder<float> decoder;
+  dca::CoprocessorConfig config;
+
+  LatentRun(const Options& o, const std::string& kind, index_t n_latents)
+      : out(o.out_dir.empty() ? "runs/chains/" + kind + "-" + std::to_string(n_latents) : o.out_dir),
+        decoder(dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model")),
+        config(o.coprocessor) {
+    fs::create_directories(out);
+    decoder.freeze();
+    config.positions =
+        o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+  }
+};
+
 template <index_t N>
 int train_coprocessor(const Options& o) {
-  const std::string out = o.out_dir.empty() ? "runs/chains/coprocessor-" + std::to_string(N) : o.out_dir;
-  fs::create_directories(out);
-  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
-  decoder.freeze();
+  LatentRun setup(o, "coprocessor", N);
+  const std::string& out = setup.out;
+  dca::Decoder<float>& decoder = setup.decoder;
   const dca::CorpusMixture corpus = mixture(o), text = text_corpus(o);
-  dca::CoprocessorConfig c = o.coprocessor;
-  c.positions = o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+  dca::CoprocessorConfig c = setup.config;
   c.source = o.source == "pause" ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
   c.latent_form = o.latent_form == "normed"          ? dca::LatentForm::normed
                   : o.latent_form == "token-mixture" ? dca::LatentForm::token_mixture
@@ -260,12 +276,10 @@ int train_coprocessor(const Options& o) {
 // latents write them, and the frozen decoder's bare answers with them and with another program's.
 template <index_t N>
 int probe(const Options& o) {
-  const std::string out = o.out_dir.empty() ? "runs/chains/probe-" + std::to_string(N) : o.out_dir;
-  fs::create_directories(out);
-  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
-  decoder.freeze();
-  dca::CoprocessorConfig c = o.coprocessor;
-  c.positions = o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
+  LatentRun setup(o, "probe", N);
+  const std::string& out = setup.out;
+  dca::Decoder<float>& decoder = setup.decoder;
+  dca::CoprocessorConfig c = setup.config;
   c.latent_form = dca::LatentForm::token_mixture;
   dca::Coprocessor<float, N> coprocessor(decoder, c);
   dca::TrainingLoop<float> loop(coprocessor.parameter_groups(o.run.new_lr_multiplier), o.run.optimization);

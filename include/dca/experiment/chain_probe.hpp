@@ -49,7 +49,7 @@ struct ChainStepLoss {
 namespace detail {
 
 // The coprocessor's written logits [B·N_L, V] at the latent slots after each program's bare prompt
-// (context + "…?q="), inserted as chain_answers_augmented inserts them, and the slots' targets.
+// (context + "…?q="), inserted as chain_answers_augmented inserts them.
 template <Scalar T, index_t NumLatents, AheadObjective Objective>
 Var<T> chain_written_logits(Tape<T>& tape, Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>& coprocessor,
                             const ChainBatch& b) {
