@@ -7,6 +7,8 @@
 //   ./build/examples/chain_study coprocessor --oracle 1          # channel capacity: the prefix sees the answer
 //   ./build/examples/chain_study coprocessor --source pause      # pause tokens at the same N_L
 //   ./build/examples/chain_study steps                           # the decoder given worked steps as text
+//   ./build/examples/chain_study loss-share [--teacher DIR]      # where loss- or gain-weighted points would land
+//   ./build/examples/chain_study coprocessor --gated             # mixed with the frozen decoder through a gate
 //   ./build/examples/chain_study probe --latents 2               # diagnostic: latents trained to write a step
 //   ./build/examples/chain_study coprocessor --latents 2 --init runs/chains/probe-2/checkpoint.safetensors
 //                                                                # the paper's objective from the probe's weights
@@ -26,11 +28,16 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -52,10 +59,13 @@ struct Options {
   int threads = 2;
   // pretrain
   std::string decoder_dir = "runs/chains/decoder";
+  std::string teacher_dir;  // loss-share: a deeper decoder of the same mixture
   index_t layers = 4, dim = 128;
+  // 4,000 steps: the lookup is learned in a sudden transition whose step varies with the seed and
+  // the CPU's arithmetic (docs/coprocessor.md, "The reasoning study", sections 1 and 6).
   dca::TrainerConfig pretrain{.batch_size = 64,
                               .seq_len = 64,
-                              .optimization = {.max_lr = 2e-3, .min_lr = 2e-4, .warmup_steps = 100, .total_steps = 2500},
+                              .optimization = {.max_lr = 2e-3, .min_lr = 2e-4, .warmup_steps = 100, .total_steps = 4000},
                               .curve = {}};
   // coprocessor
   std::string out_dir;  // default runs/chains/coprocessor-<N_L>
@@ -144,6 +154,75 @@ int given_steps(const Options& o) {
     for (index_t s = 0; s < h; ++s)
       std::printf(" %7.1f", 100 * dca::score_chains_given_steps(decoder, context, programs, s).accuracy());
     std::printf("\n");
+  }
+  return 0;
+}
+
+// The next-token loss at every row of `b` [B·T]: −log softmax(logits)[target].
+std::vector<double> next_token_losses(dca::Decoder<float>& decoder, const dca::Batch& b) {
+  dca::Tape<float> tape;
+  const auto logits = decoder.logits(tape, b.inputs, b.batch).value();
+  const index_t V = logits.shape()[1], rows = static_cast<index_t>(b.inputs.size());
+  std::vector<double> out(static_cast<std::size_t>(rows));
+  for (index_t row = 0; row < rows; ++row) {
+    double top = logits[row * V], sum = 0;
+    for (index_t v = 1; v < V; ++v) top = std::max<double>(top, logits[row * V + v]);
+    for (index_t v = 0; v < V; ++v) sum += std::exp(logits[row * V + v] - top);
+    out[static_cast<std::size_t>(row)] = top + std::log(sum) - logits[row * V + b.targets[static_cast<std::size_t>(row)]];
+  }
+  return out;
+}
+
+// Where a draw of augmentation points weighted by a score would land: the frozen decoder's
+// next-token loss, or with --teacher the teacher's advantage over it (frozen − teacher loss, at
+// least 0: the loss that computation can remove), at every point the trainer can draw
+// (t < T − N_A) of held-out program windows, split between points before a bare answer (the slot
+// of '=' in "?d=") and the rest.
+int loss_share(const Options& o) {
+  auto decoder = dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model");
+  std::optional<dca::Decoder<float>> teacher;
+  if (!o.teacher_dir.empty()) teacher.emplace(dca::load_hf_decoder<float>(fs::path(o.teacher_dir) / "model"));
+  dca::CorpusMixture programs;
+  programs.add(dca::chain_training_source(o.task, o.chain_bytes));
+  const index_t T = o.run.seq_len, K = o.run.points_per_sequence, drawable = T - o.coprocessor.n_ahead;
+  struct Share {
+    index_t points = 0, top_k = 0;
+    double frozen = 0, teacher = 0, score = 0;
+  } answers, rest;
+  index_t windows = 0;
+  for (const dca::Batch& b : programs.validation_batches(o.run.batch_size, T, 16)) {
+    const std::vector<double> frozen = next_token_losses(decoder, b),
+                              taught = teacher ? next_token_losses(*teacher, b) : std::vector<double>{};
+    for (index_t r = 0; r < b.batch; ++r, ++windows) {
+      const auto at = [&](index_t t) { return b.inputs[static_cast<std::size_t>(r * T + t)]; };
+      const auto is_answer = [&](index_t t) { return t >= 2 && at(t) == '=' && at(t - 2) == '?'; };
+      std::vector<std::pair<double, index_t>> by_score;  // (score, t)
+      for (index_t t = 0; t < drawable; ++t) {
+        const auto row = static_cast<std::size_t>(r * T + t);
+        const double score = teacher ? std::max(0.0, frozen[row] - taught[row]) : frozen[row];
+        Share& s = is_answer(t) ? answers : rest;
+        ++s.points;
+        s.frozen += frozen[row];
+        if (teacher) s.teacher += taught[row];
+        s.score += score;
+        by_score.emplace_back(score, t);
+      }
+      std::partial_sort(by_score.begin(), by_score.begin() + K, by_score.end(), std::greater<>());
+      for (index_t j = 0; j < K; ++j) ++(is_answer(by_score[static_cast<std::size_t>(j)].second) ? answers : rest).top_k;
+    }
+  }
+  const double points = static_cast<double>(answers.points + rest.points), score = answers.score + rest.score,
+               top_k = static_cast<double>(windows * K);
+  std::printf("%s on %ld held-out program windows of %ld bytes, points t < %ld:\n%-22s %8s %12s %13s %10s %12s %10s\n",
+              teacher ? "frozen decoder and teacher" : "frozen decoder", static_cast<long>(windows), static_cast<long>(T),
+              static_cast<long>(drawable), "points", "count", "frozen loss", "teacher loss", "% uniform",
+              teacher ? "% by gain" : "% by loss", ("% top-" + std::to_string(K)).c_str());
+  for (const auto& [name, s] : {std::pair<const char*, const Share&>{"before a bare answer", answers}, {"the rest", rest}}) {
+    const auto n = static_cast<double>(s.points);
+    std::printf("%-22s %8ld %12.3f ", name, static_cast<long>(s.points), s.frozen / n);
+    teacher ? std::printf("%13.3f", s.teacher / n) : std::printf("%13s", "-");
+    std::printf(" %10.2f %12.2f %10.2f\n", 100 * n / points, 100 * s.score / score,
+                100 * static_cast<double>(s.top_k) / top_k);
   }
   return 0;
 }
@@ -249,10 +328,11 @@ int train_coprocessor(const Options& o) {
     print_rows(step, rows, text_change);
     append_rows(fs::path(out) / "hops.csv", step, rows, text_change);
   };
-  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s latents from the %s, oracle lookahead "
+  std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s%s latents from the %s, oracle lookahead "
               "%ld: %ld steps\n",
               static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
-              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), o.latent_form.c_str(), o.source.c_str(),
+              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), c.gated ? "gated " : "",
+              o.latent_form.c_str(), o.source.c_str(),
               static_cast<long>(c.oracle_lookahead), static_cast<long>(o.run.optimization.total_steps));
   if (trainer.step_count() == 0) evaluate(0);
   const auto start = Clock::now();
@@ -377,6 +457,13 @@ int main(int argc, char** argv) {
   pre->add_option("--seed", o.pretrain.seed, "initialisation and batches")->capture_default_str();
   CLI::App* steps = app.add_subcommand("steps", "score the frozen decoder given the first worked steps as text");
   task_flags(steps);
+  CLI::App* share = app.add_subcommand(
+      "loss-share", "diagnostic: how many points a draw weighted by the frozen decoder's loss (or a teacher's gain) puts before bare answers");
+  task_flags(share);
+  share->add_option("--points", o.run.points_per_sequence, "K: the top-K column")->capture_default_str();
+  share->add_option("--teacher", o.teacher_dir, "score points by this decoder's advantage over --decoder (a run directory)")
+      ->check(CLI::ExistingDirectory);
+  share->add_option("--ahead", o.coprocessor.n_ahead, "N_A: points t < seq − N_A")->capture_default_str();
   // What the coprocessor and probe subcommands share: the run, the latents and the optimisation.
   const auto latent_run_flags = [&](CLI::App* sub, const std::string& kind, const char* batch, const char* seed) {
     task_flags(sub);
@@ -404,6 +491,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cop->add_option("--oracle", o.coprocessor.oracle_lookahead, "diagnostic: the prefix reaches this many tokens past t")
       ->capture_default_str();
+  cop->add_flag("--gated", o.coprocessor.gated,
+               "mix the augmented prediction with the frozen decoder's through a learned gate (CoprocessorConfig::gated)");
   cop->add_flag("--prefer-answers", o.prefer_answers,
                "diagnostic: take the points before bare answers first (the rest of the K uniform)");
   cop->add_option("--init", o.init, "start from the weights of a probe's checkpoint (same N_L, token-mixture form)")
@@ -422,6 +511,7 @@ int main(int argc, char** argv) {
     std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
     if (pre->parsed()) return pretrain(o);
     if (steps->parsed()) return given_steps(o);
+    if (share->parsed()) return loss_share(o);
     if (pro->parsed())
       return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return probe<decltype(n)::value>(o); });
     return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return train_coprocessor<decltype(n)::value>(o); });

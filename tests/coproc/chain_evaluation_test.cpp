@@ -162,3 +162,29 @@ TEST_CASE("an oracle coprocessor's structured loss reads past the insertion poin
   CHECK_THROWS_WITH_AS((dca::Coprocessor<double, 2>(decoder, {.n_ahead = 2, .oracle_lookahead = 3})),
                        doctest::Contains("oracle_lookahead = 3"), dca::RangeError);
 }
+
+TEST_CASE("a gated coprocessor answers as the frozen decoder with its gate closed and as its latents with it open") {
+  auto decoder = varied_decoder(5);
+  decoder.freeze();
+  const std::string context = dca::chain_context(task, 2);
+  const auto programs = dca::held_out_chains(task, 2, 8);  // batches of 4: the shuffled control needs two
+  dca::CoprocessorConfig config;
+  config.n_ahead = 1;
+  auto ungated = varied_coprocessor<2>(decoder, config);
+  config.gated = true;
+  auto gated = varied_coprocessor<2>(decoder, config);
+  const auto set_bias = [&](double b) {
+    for (dca::Parameter<double>* p : gated.parameters())
+      if (p->name() == "coprocessor.gate.bias") p->value()[0] = b;
+  };
+  const auto direct = dca::chain_answers_direct(decoder, context, programs, 4);
+  const auto augmented = dca::chain_answers_augmented(decoder, ungated, context, programs, dca::LatentControl::own, 4);
+  REQUIRE(direct != augmented);  // the two limits differ, so each check below tells them apart
+  set_bias(-60);
+  CHECK(dca::chain_answers_augmented(decoder, gated, context, programs, dca::LatentControl::own, 4) == direct);
+  CHECK(dca::chain_answers_augmented(decoder, gated, context, programs, dca::LatentControl::shuffled, 4) == direct);
+  set_bias(60);
+  CHECK(dca::chain_answers_augmented(decoder, gated, context, programs, dca::LatentControl::own, 4) == augmented);
+  CHECK(dca::chain_answers_augmented(decoder, gated, context, programs, dca::LatentControl::shuffled, 4) ==
+        dca::chain_answers_augmented(decoder, ungated, context, programs, dca::LatentControl::shuffled, 4));
+}

@@ -462,3 +462,158 @@ TEST_CASE("bad coprocessor input is rejected with the values involved") {
   bad.n_ahead = 0;
   CHECK_THROWS_AS((Cop<2>(decoder, bad)), dca::RangeError);
 }
+
+namespace {
+
+// A gated coprocessor with a gate that differs from group to group, and its ungated twin (the same
+// soft tokens and weights). Normed latents: each group's latents are the output the gate reads.
+struct GatedPair {
+  Cop<2> gated, ungated;
+  GatedPair(dca::Decoder<double>& decoder, CoprocessorConfig c)
+      : gated(decoder, with_gate(c, true)), ungated(decoder, with_gate(c, false)) {
+    for (auto* p : gated.parameters())
+      if (p->name() == "coprocessor.gate.weight") p->value() = dca::test::random_tensor(p->value().shape(), 9, -3.0, 3.0);
+    set_bias(0.3);
+  }
+  void set_bias(double b) {
+    for (auto* p : gated.parameters())
+      if (p->name() == "coprocessor.gate.bias") p->value()[0] = b;
+  }
+  double gate_parameter(const std::string& name, index_t i) {
+    for (auto* p : gated.parameters())
+      if (p->name() == name) return p->value()[i];
+    FAIL("no parameter " << name);
+    return 0;
+  }
+  static CoprocessorConfig with_gate(CoprocessorConfig c, bool gated) {
+    c.latent_form = dca::LatentForm::normed;
+    c.gated = gated;
+    return c;
+  }
+};
+
+// softmax(row r of logits [N, V])[target]
+double probability(dca::TensorView<const double> logits, index_t r, index_t target) {
+  const index_t V = logits.shape()[1];
+  double top = -1e300, total = 0;
+  for (index_t v = 0; v < V; ++v) top = std::max(top, logits[r * V + v]);
+  for (index_t v = 0; v < V; ++v) total += std::exp(logits[r * V + v] - top);
+  return std::exp(logits[r * V + target] - top) / total;
+}
+
+}  // namespace
+
+TEST_CASE("a gated coprocessor's loss is the likelihood of its mixture with the frozen decoder, gate read from its last soft token") {
+  for (const auto& config : presets()) {
+    CAPTURE(config.architecture);
+    dca::Decoder<double> decoder(config, 4);
+    decoder.freeze();
+    const index_t T = 12, n_ahead = 3;
+    const auto ids = tokens(2 * T, 5);
+    const auto plan = dca::AugmentationPlan::given(2, T, n_ahead, {1, 5, 8, 2, 4, 7});
+    CoprocessorConfig c;
+    c.n_ahead = n_ahead;
+    GatedPair pair(decoder, c);
+    // The expectation from parts computed without the gated path: the ungated twin's latents (its
+    // normed output h) and augmented logits, the frozen decoder's logits over the tokens.
+    dca::Tape<double> tape;
+    const auto layout = dca::AugmentationLayout::of(plan, ids, 2, c.positions);
+    const auto pass = pair.ungated.read_tokens(tape, decoder, ids, 2);
+    const auto h = pair.ungated.latents(tape, decoder, pass.cache, layout.latents, pass.residual);
+    const auto augmented = pair.ungated.ahead_logits(tape, decoder, h, pass.cache, layout).value();
+    const auto frozen = decoder.logits(tape, ids, 2).value();
+    const index_t d = config.hidden_size, G = layout.groups();
+    double expected = 0;
+    for (index_t g = 0; g < G; ++g) {
+      double logit = pair.gate_parameter("coprocessor.gate.bias", 0);
+      for (index_t k = 0; k < d; ++k)
+        logit += pair.gate_parameter("coprocessor.gate.weight", k) * h.value()[(g * 2 + 1) * d + k];
+      const double gate = 1 / (1 + std::exp(-logit));
+      const index_t b = g / 3, t = plan.point(b, g % 3);
+      for (index_t n = 0; n < n_ahead; ++n) {
+        const index_t target = ids[static_cast<std::size_t>(b * T + t + n + 1)];
+        const double p_augmented = probability(augmented, layout.target_row(g, n), target),
+                     p_frozen = probability(frozen, b * T + t + n, target);
+        expected -= std::log(gate * p_augmented + (1 - gate) * p_frozen) / static_cast<double>(G * n_ahead);
+      }
+    }
+    dca::Tape<double> gated_tape;
+    const auto loss = pair.gated.loss(gated_tape, decoder, ids, plan);
+    CHECK(loss.loss.item() == doctest::Approx(expected).epsilon(1e-12));
+    double mean_of_positions = 0;
+    for (const double x : loss.per_position) mean_of_positions += x / static_cast<double>(n_ahead);
+    CHECK(mean_of_positions == doctest::Approx(expected).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("a closed gate gives the frozen decoder's loss, an open one the ungated coprocessor's") {
+  dca::Decoder<double> decoder(presets()[0], 6);
+  decoder.freeze();
+  const index_t T = 11;
+  const auto ids = tokens(T, 3);
+  const auto plan = dca::AugmentationPlan::given(1, T, 3, {2, 6});
+  CoprocessorConfig c;
+  c.n_ahead = 3;
+  GatedPair pair(decoder, c);
+  dca::Tape<double> tape;
+  pair.set_bias(-60);  // g ≈ 1e-26 whatever the weights
+  const double closed = pair.gated.loss(tape, decoder, ids, plan).loss.item();
+  const auto frozen = decoder.logits(tape, ids).value();
+  double expected = 0;
+  for (const index_t t : {2, 6})
+    for (index_t n = 0; n < 3; ++n)
+      expected -= std::log(probability(frozen, t + n, ids[static_cast<std::size_t>(t + n + 1)])) / 6.0;
+  CHECK(closed == doctest::Approx(expected).epsilon(1e-12));
+  pair.set_bias(60);
+  CHECK(pair.gated.loss(tape, decoder, ids, plan).loss.item() ==
+        doctest::Approx(pair.ungated.loss(tape, decoder, ids, plan).loss.item()).epsilon(1e-12));
+}
+
+TEST_CASE("gradients of a gated coprocessor's loss reach its gate, soft tokens and weights exactly") {
+  dca::Decoder<double> decoder(presets()[2], 2);
+  decoder.freeze();
+  const auto ids = tokens(11, 8);
+  const auto plan = dca::AugmentationPlan::given(1, 11, 3, {2, 5, 7});
+  CoprocessorConfig c;
+  c.n_ahead = 3;
+  GatedPair pair(decoder, c);
+  std::vector<dca::Parameter<double>*> checked;
+  auto params = pair.gated.parameters();
+  for (auto* p : params)
+    if (p->name().rfind("coprocessor.gate.", 0) == 0 || p->name() == "coprocessor.soft_tokens") checked.push_back(p);
+  REQUIRE(checked.size() == 3);
+  checked.push_back(params.front());
+  checked.push_back(params[params.size() / 2]);
+  dca::GradCheckOptions options;
+  options.max_elements_per_input = 6;
+  const auto result = dca::check_parameter_gradients(
+      options, [&](dca::Tape<double>& tape) { return pair.gated.loss(tape, decoder, ids, plan).loss; },
+      std::span<dca::Parameter<double>* const>(checked));
+  CHECK(result);
+}
+
+TEST_CASE("the gate trains with the new parameters, and paths that do not mix refuse a gated coprocessor") {
+  dca::Decoder<double> decoder(presets()[0], 2);
+  decoder.freeze();
+  CoprocessorConfig c;
+  c.n_ahead = 2;
+  c.gated = true;
+  Cop<2> gated(decoder, c);
+  const auto groups = gated.parameter_groups(10.0);
+  REQUIRE(groups.size() == 2);
+  std::vector<std::string> fresh;
+  for (auto* p : groups[1].parameters) fresh.push_back(p->name());
+  CHECK(std::count(fresh.begin(), fresh.end(), "coprocessor.gate.weight") == 1);
+  CHECK(std::count(fresh.begin(), fresh.end(), "coprocessor.gate.bias") == 1);
+  const auto ids = tokens(8, 1);
+  dca::Tape<double> tape;
+  CHECK_THROWS_WITH_AS(gated.latents(tape, decoder, ids), doctest::Contains("single-insertion inference"), dca::UsageError);
+  CHECK_THROWS_WITH_AS(dca::dense_reference_loss(gated, tape, decoder, ids, dca::AugmentationPlan::given(1, 8, 2, {3})),
+                       doctest::Contains("no gate"), dca::UsageError);
+  Cop<2> ungated(decoder, {});
+  const auto pass = ungated.read_tokens(tape, decoder, ids, 1);
+  CHECK_THROWS_WITH_AS(ungated.gate(tape, pass.cache, dca::LatentQueries::after(2, 8, 7, ids.back()), pass.residual),
+                       doctest::Contains("not gated"), dca::UsageError);
+  c.source = dca::LatentSource::pause;
+  CHECK_THROWS_WITH_AS((Cop<2>(decoder, c)), doctest::Contains("pause tokens have none"), dca::UsageError);
+}

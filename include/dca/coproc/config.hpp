@@ -45,6 +45,11 @@ struct CoprocessorConfig {
   double lora_alpha = 0;                    // LoRA scale α/r; 0: α = r (scale 1)
   double soft_token_std = 0.02;             // soft tokens ~ N(0, std²)
   std::uint64_t seed = 0;                   // soft tokens, random init
+  // The augmented prediction as a mixture with the frozen decoder's: g·p(x | latents) + (1 − g)·p(x),
+  // g = σ(w·h + b) read from the coprocessor's output h at its last soft token, w = b = 0 at start
+  // (g = ½). Trained by the mixture's likelihood, the latents' gradient comes from the points where
+  // they compete with the frozen decoder, and the gate closes where they do not help.
+  bool gated = false;
   index_t oracle_lookahead = 0;             // diagnostic, training and evaluation only: the coprocessor's
                                             // cache prefix reaches this many tokens past the insertion
                                             // point, so it sees x[t+1 ..]; its gain bounds what N_L
@@ -54,6 +59,9 @@ struct CoprocessorConfig {
     if (n_ahead < 1) detail::fail<RangeError>("CoprocessorConfig: n_ahead must be ≥ 1, got ", n_ahead);
     if (lora_rank < 0) detail::fail<RangeError>("CoprocessorConfig: lora_rank must be ≥ 0, got ", lora_rank);
     if (!(soft_token_std >= 0)) detail::fail<RangeError>("CoprocessorConfig: soft_token_std must be ≥ 0, got ", soft_token_std);
+    if (gated && source == LatentSource::pause)
+      detail::fail<UsageError>("CoprocessorConfig: a gated coprocessor reads its gate from the coprocessor's output; "
+                               "pause tokens have none");
     if (oracle_lookahead < 0 || oracle_lookahead > n_ahead)
       detail::fail<RangeError>("CoprocessorConfig: oracle_lookahead = ", oracle_lookahead, " is outside [0, N_A = ",
                                n_ahead, "]: the prefix may reach at most the ahead tokens the sequence holds");

@@ -17,6 +17,9 @@
 // sequence per batch row with a boolean attention mask — and the tests hold the two equal.
 #pragma once
 
+#include "dca/autodiff/ops/activation.hpp"
+#include "dca/autodiff/ops/embedding.hpp"
+#include "dca/autodiff/ops/reduce.hpp"
 #include "dca/autodiff/ops/softmax.hpp"
 #include "dca/cache/kv_cache.hpp"
 #include "dca/coproc/config.hpp"
@@ -40,12 +43,14 @@ struct AugmentedLoss {
 };
 
 /// What step 1 leaves for steps 2 and 3: the decoder's keys and values over the tokens as one
-/// constant cache per layer (rows i of sequence b at position i), and its last-layer residual
-/// stream (what the last-layer ablation reads).
+/// constant cache per layer (rows i of sequence b at position i), its last-layer residual stream
+/// (what the last-layer ablation reads) and, when asked for, its logits [B·T, V] (what a gated
+/// coprocessor mixes with).
 template <Scalar T>
 struct TokenPass {
   std::vector<ConstantKV<T>> cache;
   Var<T> residual;
+  Var<T> logits;
 };
 
 /// Explicit attention masks for the coprocessor's soft tokens, replacing their groups: the dense
@@ -78,6 +83,10 @@ class Coprocessor {
     soft_tokens_ = Parameter<T>("coprocessor.soft_tokens", std::move(soft));
     if (config_.latent_form == LatentForm::residual || config_.latent_form == LatentForm::token_mixture)
       projection_ = Parameter<T>("coprocessor.latent_projection.weight", Tensor<T>(Shape{d, d}));  // zero: no correction
+    if (config_.gated) {  // zero: g = ½ at every point
+      gate_weight_ = Parameter<T>("coprocessor.gate.weight", Tensor<T>(Shape{1, d}));
+      gate_bias_ = Parameter<T>("coprocessor.gate.bias", Tensor<T>(Shape{1, 1}));
+    }
   }
 
   const CoprocessorConfig& config() const { return config_; }
@@ -94,13 +103,15 @@ class Coprocessor {
   const Objective& objective() const { return objective_; }
 
   /// The trainable parameters: the coprocessor model's unfrozen ones, the latent projection
-  /// (residual and token-mixture forms) and the soft tokens. A pause-token baseline trains only its soft tokens.
+  /// (residual and token-mixture forms), the gate (gated) and the soft tokens. A pause-token
+  /// baseline trains only its soft tokens.
   std::vector<Parameter<T>*> parameters() {
     std::vector<Parameter<T>*> out;
     if (config_.source == LatentSource::coprocessor) {
       for (Parameter<T>* p : model_.parameters())
         if (!p->frozen()) out.push_back(p);
       if (!projection_.value().empty()) out.push_back(&projection_);
+      if (config_.gated) out.insert(out.end(), {&gate_weight_, &gate_bias_});
     }
     out.push_back(&soft_tokens_);
     return out;
@@ -108,13 +119,16 @@ class Coprocessor {
 
   /// The trainable parameters in two groups: "model", the coprocessor transformer's weights
   /// (copied from the decoder by default), and "new", the parameters initialised here — the soft
-  /// tokens, the zero-initialised projection of the residual and token-mixture forms and LoRA's
-  /// zero-initialised B matrices — at `new_lr_multiplier` times the learning rate (LoRA+ and prompt
-  /// tuning give such parameters 10–30×). Empty groups are left out.
+  /// tokens, the zero-initialised projection of the residual and token-mixture forms, the gate and
+  /// LoRA's zero-initialised B matrices — at `new_lr_multiplier` times the learning rate (LoRA+ and
+  /// prompt tuning give such parameters 10–30×). Empty groups are left out.
   std::vector<ParameterGroup<T>> parameter_groups(double new_lr_multiplier = 1.0) {
     ParameterGroup<T> model{"model", {}, 1.0, {}}, fresh{"new", {}, new_lr_multiplier, {}};
-    for (Parameter<T>* p : parameters())
-      (p == &soft_tokens_ || p == &projection_ || is_lora_b(p->name()) ? fresh : model).parameters.push_back(p);
+    for (Parameter<T>* p : parameters()) {
+      const bool is_new = p == &soft_tokens_ || p == &projection_ || p == &gate_weight_ || p == &gate_bias_ ||
+                          is_lora_b(p->name());
+      (is_new ? fresh : model).parameters.push_back(p);
+    }
     std::vector<ParameterGroup<T>> groups;
     for (ParameterGroup<T>* g : {&model, &fresh})
       if (!g->parameters.empty()) groups.push_back(std::move(*g));
@@ -128,6 +142,7 @@ class Coprocessor {
   /// Needs the kv_cache input: a cache keeps keys and values, not the last-layer activations.
   Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, const KVPrefix<T>& prefix, index_t insertion_token) {
     check_decoder(decoder, false);
+    check_ungated("Coprocessor::latents");
     if (prefix.size() < 1) detail::fail<UsageError>("Coprocessor::latents: the cache prefix is empty");
     if (config_.input != CoprocessorInput::kv_cache)
       detail::fail<UsageError>(
@@ -142,6 +157,7 @@ class Coprocessor {
   /// z [N_L, d]. Works for either input, and is how the last-layer ablation runs at inference.
   Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> tokens) {
     check_decoder(decoder, false);
+    check_ungated("Coprocessor::latents");
     if (tokens.empty()) detail::fail<UsageError>("Coprocessor::latents: no tokens to read");
     const auto n = static_cast<index_t>(tokens.size());
     const TokenPass<T> read = read_tokens(tape, decoder, tokens, 1);
@@ -155,7 +171,20 @@ class Coprocessor {
   Var<T> latents(Tape<T>& tape, Decoder<T>& decoder, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
                  const Var<T>& decoder_residual, const SoftTokenMasks& masks = {}) {
     if (config_.source == LatentSource::pause) return repeated_soft_tokens(tape, queries.size());
-    const Var<T> h = read(tape, cache, queries, decoder_residual, masks, config_.latent_form != LatentForm::final_hidden);
+    return latent_form(tape, decoder, output(tape, cache, queries, decoder_residual, masks), queries);
+  }
+
+  /// A gated coprocessor's gate at each group of `queries`: g [G, 1] in (0, 1), the weight of the
+  /// augmented prediction in its mixture with the frozen decoder's (CoprocessorConfig::gated).
+  /// UsageError unless the coprocessor is gated.
+  Var<T> gate(Tape<T>& tape, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
+              const Var<T>& decoder_residual) {
+    if (!config_.gated) detail::fail<UsageError>("Coprocessor::gate: the coprocessor is not gated");
+    return sigmoid(gate_logits(tape, output(tape, cache, queries, decoder_residual, {})));
+  }
+
+  /// The latents' form over the coprocessor's output h [G·N_L, d] (what `output` returns).
+  Var<T> latent_form(Tape<T>& tape, Decoder<T>& decoder, const Var<T>& h, const LatentQueries& queries) {
     if (config_.latent_form == LatentForm::token_mixture) {
       // [G·N_L, V]·[V, d]: the coprocessor's next-token distribution over the decoder's (frozen) table
       const Var<T> written = matmul(softmax(model_.head(tape, h)), tape.param(decoder.token_embedding()));
@@ -197,36 +226,50 @@ class Coprocessor {
     check_plan(ids, plan);
     const AugmentationLayout layout =
         AugmentationLayout::of(plan, ids, NumLatents, config_.positions, config_.oracle_lookahead);
-    const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch);                 // 1.
-    const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
-    return ahead_loss(tape, decoder, z, tokens.cache, layout);                               // 3.
+    const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch, config_.gated);  // 1.
+    if (!config_.gated) {
+      const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
+      return ahead_loss(tape, decoder, z, tokens.cache, layout);                               // 3.
+    }
+    // 2. and 3., the gate read from the same coprocessor output as the latents
+    const Var<T> h = output(tape, tokens.cache, layout.latents, tokens.residual, {});
+    const Var<T> z = latent_form(tape, decoder, h, layout.latents);
+    return mixture_score(ahead_logits(tape, decoder, z, tokens.cache, layout), layout, gate_logits(tape, h),
+                         frozen_target_probabilities(tokens.logits, plan, layout));
   }
 
   /// Step 1: the frozen decoder over ids [B·T] (B sequences), as constants, keeping every layer's
-  /// keys and values (no logits).
-  static TokenPass<T> read_tokens(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> ids, index_t batch) {
+  /// keys and values; its logits [B·T, V] only with `logits` (a gated coprocessor's mixture).
+  static TokenPass<T> read_tokens(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> ids, index_t batch,
+                                  bool logits = false) {
     DecoderInput<T> in;
     in.ids = ids;
     in.batch = batch;
     in.keep_keys_values = true;
-    in.compute_logits = false;
+    in.compute_logits = logits;
     const DecoderOutput<T> out = decoder.forward(tape, in);
     const auto rows = static_cast<index_t>(ids.size()), seq_len = rows / batch;
     index_t* positions = tape.template allocate<index_t>(rows);  // read by the backward pass: on the tape
     for (index_t i = 0; i < rows; ++i) positions[i] = i % seq_len;
-    return {out.constant_cache({positions, static_cast<std::size_t>(rows)}), out.residual};
+    return {out.constant_cache({positions, static_cast<std::size_t>(rows)}), out.residual, out.logits};
   }
 
   /// Step 3: the frozen decoder over every group's [z_g, ahead tokens] against its cache prefix,
   /// and the objective over the ahead tokens.
   AugmentedLoss<T> ahead_loss(Tape<T>& tape, Decoder<T>& decoder, const Var<T>& z, std::span<const ConstantKV<T>> cache,
                               const AugmentationLayout& layout) {
+    return score(ahead_logits(tape, decoder, z, cache, layout), layout);
+  }
+
+  /// The decoder's logits [G·R, V] over every group's [z_g, ahead tokens] against its cache prefix.
+  Var<T> ahead_logits(Tape<T>& tape, Decoder<T>& decoder, const Var<T>& z, std::span<const ConstantKV<T>> cache,
+                      const AugmentationLayout& layout) {
     DecoderInput<T> in;
     in.embeddings = ahead_inputs(tape, decoder, z, layout.ahead_ids, layout.groups());
     in.positions = layout.ahead_positions;
     in.groups = layout.ahead_groups;
     in.layer_caches = cache;
-    return score(decoder.forward(tape, in).logits, layout);
+    return decoder.forward(tape, in).logits;
   }
 
   /// The decoder's input rows of `groups` groups: [z_g (N_L rows), embeddings of the group's N_A−1
@@ -247,24 +290,10 @@ class Coprocessor {
   /// The objective over the logits [G·R, V] of the layout's group rows, in its order, and the
   /// per-position means.
   AugmentedLoss<T> score(const Var<T>& logits, const AugmentationLayout& layout) const {
-    const std::span<const index_t> targets = layout.targets;
-    const index_t G = layout.groups(), n_ahead = config_.n_ahead;
-    const std::vector<double> w = objective_.weights(n_ahead);
-    if (static_cast<index_t>(w.size()) != n_ahead)
-      detail::fail<ShapeError>("Coprocessor: the objective gave ", w.size(), " weights for ", n_ahead, " ahead tokens");
-    std::vector<T> weights(targets.size(), T(0));
-    for (index_t g = 0; g < G; ++g)
-      for (index_t n = 0; n < n_ahead; ++n)
-        weights[static_cast<std::size_t>(layout.target_row(g, n))] =
-            static_cast<T>(w[static_cast<std::size_t>(n)] / static_cast<double>(G));
+    const std::vector<T> weights = target_weights(layout);
     AugmentedLoss<T> out;
-    out.loss = cross_entropy(logits, targets, CrossEntropyOptions{-100, Reduction::sum}, weights);
-    const Var<T> each = cross_entropy_per_token(logits, targets);
-    out.per_position.assign(static_cast<std::size_t>(n_ahead), 0.0);
-    for (index_t g = 0; g < G; ++g)
-      for (index_t n = 0; n < n_ahead; ++n)
-        out.per_position[static_cast<std::size_t>(n)] +=
-            static_cast<double>(each.value()[layout.target_row(g, n)]) / static_cast<double>(G);
+    out.loss = cross_entropy(logits, layout.targets, CrossEntropyOptions{-100, Reduction::sum}, weights);
+    out.per_position = per_position(cross_entropy_per_token(logits, layout.targets), layout);
     return out;
   }
 
@@ -316,6 +345,13 @@ class Coprocessor {
   Var<T> repeated_soft_tokens(Tape<T>& tape, index_t groups) {
     std::vector<Var<T>> copies(static_cast<std::size_t>(groups), tape.param(soft_tokens_));
     return groups == 1 ? copies[0] : concat_rows(std::span<const Var<T>>(copies));
+  }
+
+  // The output the latent form reads at the soft tokens of `queries`, [G·N_L, d]: normed, except
+  // for the final_hidden form.
+  Var<T> output(Tape<T>& tape, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
+                const Var<T>& decoder_residual, const SoftTokenMasks& masks) {
+    return read(tape, cache, queries, decoder_residual, masks, config_.latent_form != LatentForm::final_hidden);
   }
 
   // The coprocessor's output at the soft tokens of `queries`, [G·N_L, d]: after its final norm
@@ -382,11 +418,95 @@ class Coprocessor {
     return concat_rows(std::span<const Var<T>>(latent_rows));
   }
 
+  // The objective's weight of every row of `layout` [G·R]: w_n / G at the rows predicting the n-th
+  // ahead token, 0 elsewhere.
+  std::vector<T> target_weights(const AugmentationLayout& layout) const {
+    const index_t G = layout.groups(), n_ahead = config_.n_ahead;
+    const std::vector<double> w = objective_.weights(n_ahead);
+    if (static_cast<index_t>(w.size()) != n_ahead)
+      detail::fail<ShapeError>("Coprocessor: the objective gave ", w.size(), " weights for ", n_ahead, " ahead tokens");
+    std::vector<T> weights(layout.targets.size(), T(0));
+    for (index_t g = 0; g < G; ++g)
+      for (index_t n = 0; n < n_ahead; ++n)
+        weights[static_cast<std::size_t>(layout.target_row(g, n))] =
+            static_cast<T>(w[static_cast<std::size_t>(n)] / static_cast<double>(G));
+    return weights;
+  }
+
+  // The mean over groups of each ahead position's loss, from per-row losses [G·R, 1].
+  std::vector<double> per_position(const Var<T>& row_losses, const AugmentationLayout& layout) const {
+    const index_t G = layout.groups(), n_ahead = config_.n_ahead;
+    std::vector<double> out(static_cast<std::size_t>(n_ahead), 0.0);
+    for (index_t g = 0; g < G; ++g)
+      for (index_t n = 0; n < n_ahead; ++n)
+        out[static_cast<std::size_t>(n)] +=
+            static_cast<double>(row_losses.value()[layout.target_row(g, n)]) / static_cast<double>(G);
+    return out;
+  }
+
+  // The gated objective: each target's negative log-likelihood under the mixture
+  // g·p(x | latents) + (1 − g)·p_frozen(x), g = σ(gate logit of its group); `frozen` [G·R] holds
+  // p_frozen of every row's target (1 at rows without one).
+  AugmentedLoss<T> mixture_score(const Var<T>& logits, const AugmentationLayout& layout, const Var<T>& gate_logits,
+                                 const std::vector<T>& frozen) const {
+    Tape<T>& tape = logits.tape();
+    const index_t rows = static_cast<index_t>(layout.targets.size()), R = layout.rows_per_group();
+    std::vector<index_t> group_of_row(static_cast<std::size_t>(rows));
+    for (index_t r = 0; r < rows; ++r) group_of_row[static_cast<std::size_t>(r)] = r / R;
+    const Var<T> augmented = exp(scale(cross_entropy_per_token(logits, layout.targets), T(-1)));  // [G·R,1]
+    const Var<T> p_frozen = tape.constant(TensorView<const T>(frozen.data(), Shape{rows, 1}));
+    const Var<T> g = sigmoid(embedding(gate_logits, std::span<const index_t>(group_of_row)));       // [G·R,1]
+    const Var<T> nll = scale(log(add(p_frozen, mul(g, sub(augmented, p_frozen)))), T(-1));
+    const std::vector<T> weights = target_weights(layout);
+    AugmentedLoss<T> out;
+    out.loss = sum(mul(nll, tape.constant(TensorView<const T>(weights.data(), Shape{rows, 1}))));
+    out.per_position = per_position(nll, layout);
+    return out;
+  }
+
+  // The gate's logit of every group, w·h + b at its last soft token: [G, 1] from h [G·N_L, d].
+  Var<T> gate_logits(Tape<T>& tape, const Var<T>& h) {
+    std::vector<index_t> last(static_cast<std::size_t>(h.rows() / NumLatents));
+    for (std::size_t g = 0; g < last.size(); ++g) last[g] = static_cast<index_t>(g + 1) * NumLatents - 1;
+    return linear(embedding(h, std::span<const index_t>(last)), tape.param(gate_weight_), tape.param(gate_bias_));
+  }
+
+  // p_frozen of the target of every row of `layout` [G·R] from the decoder's logits over the
+  // tokens [B·T, V]: group (b, j)'s n-th ahead token x[t+n+1] is row b·T + t + n's next token.
+  std::vector<T> frozen_target_probabilities(const Var<T>& token_logits, const AugmentationPlan& plan,
+                                             const AugmentationLayout& layout) const {
+    const auto L = token_logits.value();
+    const index_t V = L.shape()[1];
+    std::vector<T> out(layout.targets.size(), T(1));
+    for (index_t b = 0; b < plan.batch; ++b)
+      for (index_t j = 0; j < plan.points_per_sequence; ++j) {
+        const index_t g = b * plan.points_per_sequence + j, t = plan.point(b, j);
+        for (index_t n = 0; n < config_.n_ahead; ++n) {
+          const index_t row = b * plan.seq_len + t + n, r = layout.target_row(g, n);
+          const index_t target = layout.targets[static_cast<std::size_t>(r)];
+          double top = L[row * V];
+          for (index_t v = 1; v < V; ++v) top = std::max<double>(top, L[row * V + v]);
+          double sum = 0;
+          for (index_t v = 0; v < V; ++v) sum += std::exp(L[row * V + v] - top);
+          out[static_cast<std::size_t>(r)] = static_cast<T>(std::exp(L[row * V + target] - top) / sum);
+        }
+      }
+    return out;
+  }
+
+  void check_ungated(const char* who) const {
+    if (config_.gated)
+      detail::fail<UsageError>(who, ": a gated coprocessor's prediction is a mixture with the frozen decoder's, which "
+                                    "single-insertion inference does not compute yet; evaluate it with loss, "
+                                    "evaluate_ahead or score_chains_augmented");
+  }
+
   CoprocessorConfig config_;
   Objective objective_;
   Decoder<T> model_;
   Parameter<T> soft_tokens_;
   Parameter<T> projection_;
+  Parameter<T> gate_weight_, gate_bias_;  // gated only: [1, d] and [1, 1]
 };
 
 }  // namespace dca

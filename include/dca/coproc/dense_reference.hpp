@@ -43,6 +43,8 @@ AugmentedLoss<T> dense_reference_loss(Coprocessor<T, NumLatents, Objective>& cop
                                       Decoder<T>& decoder, std::span<const index_t> ids, const AugmentationPlan& plan) {
   coprocessor.check_decoder(decoder, true);
   coprocessor.check_plan(ids, plan);
+  if (coprocessor.config().gated)
+    detail::fail<UsageError>("dense_reference_loss: the paper's formulation has no gate; use an ungated coprocessor");
   if (coprocessor.config().input != CoprocessorInput::kv_cache)
     detail::fail<UsageError>("dense_reference_loss: implemented for the kv_cache input only");
   const index_t lookahead = coprocessor.config().oracle_lookahead;  // an oracle's prefix runs past t

@@ -22,6 +22,7 @@
 #include "dca/experiment/evaluation.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <span>
 #include <string>
 #include <vector>
@@ -79,6 +80,28 @@ index_t argmax_row(TensorView<const T> logits, index_t row) {
   index_t best = 0;
   for (index_t v = 1; v < V; ++v)
     if (logits[row * V + v] > logits[row * V + best]) best = v;
+  return best;
+}
+
+// The argmax of the mixture g·softmax(augmented row a) + (1 − g)·softmax(frozen row f): a gated
+// coprocessor's prediction.
+template <Scalar T>
+index_t argmax_mixture(TensorView<const T> augmented, index_t a, TensorView<const T> frozen, index_t f, double g) {
+  const index_t V = augmented.shape()[1];
+  const auto probabilities = [V](TensorView<const T> logits, index_t row) {
+    std::vector<double> p(static_cast<std::size_t>(V));
+    double top = logits[row * V], sum = 0;
+    for (index_t v = 1; v < V; ++v) top = std::max<double>(top, logits[row * V + v]);
+    for (index_t v = 0; v < V; ++v) sum += p[static_cast<std::size_t>(v)] = std::exp(logits[row * V + v] - top);
+    for (double& x : p) x /= sum;
+    return p;
+  };
+  const std::vector<double> pa = probabilities(augmented, a), pf = probabilities(frozen, f);
+  index_t best = 0;
+  for (index_t v = 1; v < V; ++v)
+    if (g * pa[static_cast<std::size_t>(v)] + (1 - g) * pf[static_cast<std::size_t>(v)] >
+        g * pa[static_cast<std::size_t>(best)] + (1 - g) * pf[static_cast<std::size_t>(best)])
+      best = v;
   return best;
 }
 
@@ -162,8 +185,10 @@ ArithmeticScore score_chains_worked(Decoder<T>& decoder, const std::string& cont
 
 /// The bare answers with `coprocessor`'s latents inserted once after each program's "?q=" (as its
 /// training inserts them, at its position policy): the byte the decoder ranks first at the last
-/// latent, `batch` programs per pass. The coprocessor's horizon is one ahead token during the call
-/// and restored after it. UsageError for the shuffled control with a batch of fewer than two programs.
+/// latent, `batch` programs per pass; for a gated coprocessor, the byte its mixture with the frozen
+/// decoder ranks first (the shuffled control swaps the latents, each program keeping its own gate).
+/// The coprocessor's horizon is one ahead token during the call and restored after it. UsageError
+/// for the shuffled control with a batch of fewer than two programs.
 template <Scalar T, index_t NumLatents, AheadObjective Objective>
 std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T, NumLatents, Objective>& coprocessor,
                                              const std::string& context, std::span<const ChainProgram> programs,
@@ -185,7 +210,8 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
     const AugmentationPlan plan = AugmentationPlan::given(b.batch, b.seq_len, 1, b.prompt_ends);
     const AugmentationLayout layout = AugmentationLayout::of(plan, b.ids, NumLatents, coprocessor.config().positions,
                                                              coprocessor.config().oracle_lookahead);
-    const TokenPass<T> tokens = coprocessor.read_tokens(tape, decoder, b.ids, b.batch);
+    const bool gated = coprocessor.config().gated;
+    const TokenPass<T> tokens = coprocessor.read_tokens(tape, decoder, b.ids, b.batch, gated);
     Var<T> z = coprocessor.latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);
     if (control == LatentControl::shuffled)  // group g reads group g+1's latents, the last the first's
       z = concat_rows(std::span<const Var<T>>(std::vector<Var<T>>{
@@ -196,7 +222,16 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
     in.groups = layout.ahead_groups;
     in.layer_caches = tokens.cache;
     const Var<T> logits = decoder.forward(tape, in).logits;
-    for (index_t g = 0; g < b.batch; ++g) predicted.push_back(detail::argmax_row<T>(logits.value(), layout.target_row(g, 0)));
+    if (!gated) {
+      for (index_t g = 0; g < b.batch; ++g)
+        predicted.push_back(detail::argmax_row<T>(logits.value(), layout.target_row(g, 0)));
+      continue;
+    }
+    const Var<T> gates = coprocessor.gate(tape, tokens.cache, layout.latents, tokens.residual);
+    for (index_t g = 0; g < b.batch; ++g)
+      predicted.push_back(detail::argmax_mixture<T>(logits.value(), layout.target_row(g, 0), tokens.logits.value(),
+                                                    g * b.seq_len + b.prompt_ends[static_cast<std::size_t>(g)],
+                                                    static_cast<double>(gates.value()[g])));
   }
   return predicted;
 }
