@@ -59,7 +59,7 @@ struct Options {
   int threads = 2;
   // pretrain
   std::string decoder_dir = "runs/chains/decoder";
-  std::string teacher_dir;  // loss-share: a deeper decoder of the same mixture
+  std::string teacher_dir;  // loss-share and coprocessor --points-by-gain: a deeper decoder of the same mixture
   index_t layers = 4, dim = 128;
   // 4,000 steps: the lookup is learned in a sudden transition whose step varies with the seed and
   // the CPU's arithmetic (docs/coprocessor.md, "The reasoning study", sections 1 and 6).
@@ -296,6 +296,16 @@ int train_coprocessor(const Options& o) {
   dca::CoprocessorTrainerConfig run = o.run;
   if (o.prefer_answers)  // the slot of '=' in "?d=": the next token is a bare answer
     run.preferred_points = [](std::span<const index_t> s, index_t t) { return t >= 2 && s[t] == '=' && s[t - 2] == '?'; };
+  std::optional<dca::Decoder<float>> teacher;
+  if (!o.teacher_dir.empty()) {  // the loss a deeper decoder removes: what computation can
+    teacher.emplace(dca::load_hf_decoder<float>(fs::path(o.teacher_dir) / "model"));
+    run.point_scores = [&](const dca::Batch& b) {
+      std::vector<double> gain = next_token_losses(decoder, b);
+      const std::vector<double> taught = next_token_losses(*teacher, b);
+      for (std::size_t i = 0; i < gain.size(); ++i) gain[i] = std::max(0.0, gain[i] - taught[i]);
+      return gain;
+    };
+  }
   if (!o.init.empty() && !fs::exists(fs::path(out) / "checkpoint.safetensors")) {
     // Only the weights: a throwaway loop of the same groups takes the probe's optimizer state.
     dca::TrainingLoop<float> probe_loop(coprocessor.parameter_groups(run.new_lr_multiplier), run.optimization);
@@ -331,7 +341,7 @@ int train_coprocessor(const Options& o) {
   std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s%s latents from the %s, oracle lookahead "
               "%ld: %ld steps\n",
               static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
-              o.prefer_answers ? " (answers first)" : "", o.positions.c_str(), c.gated ? "gated " : "",
+              o.prefer_answers ? " (answers first)" : teacher ? " (by a teacher's gain)" : "", o.positions.c_str(), c.gated ? "gated " : "",
               o.latent_form.c_str(), o.source.c_str(),
               static_cast<long>(c.oracle_lookahead), static_cast<long>(o.run.optimization.total_steps));
   if (trainer.step_count() == 0) evaluate(0);
@@ -493,6 +503,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cop->add_flag("--gated", o.coprocessor.gated,
                "mix the augmented prediction with the frozen decoder's through a learned gate (CoprocessorConfig::gated)");
+  cop->add_option("--points-by-gain", o.teacher_dir,
+                  "take each window's K points where this decoder (a deeper one's run directory) beats --decoder most")
+      ->check(CLI::ExistingDirectory);
   cop->add_flag("--prefer-answers", o.prefer_answers,
                "diagnostic: take the points before bare answers first (the rest of the K uniform)");
   cop->add_option("--init", o.init, "start from the weights of a probe's checkpoint (same N_L, token-mixture form)")

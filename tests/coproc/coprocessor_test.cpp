@@ -252,6 +252,42 @@ TEST_CASE("a plan preferring points takes them first, up to K, and fills the res
                        doctest::Contains("20 token ids for 2 sequences of 20"), dca::RangeError);
 }
 
+TEST_CASE("a plan by scores takes each sequence's K highest-scored points, equal scores drawn uniformly") {
+  const index_t T = 20, n_ahead = 3, K = 4, available = T - n_ahead;
+  std::vector<double> scores(2 * T, 0.0);
+  scores[3] = 5.0;
+  scores[8] = 2.0;
+  scores[16] = 1.0;
+  scores[17] = 100.0;  // past the last drawable point: never drawn
+  for (index_t t = 0; t < T; ++t) scores[static_cast<std::size_t>(T + t)] = 1.0;  // sequence 1: all equal
+  dca::Rng rng(4);
+  const int draws = 3000;
+  std::vector<int> count(2 * T, 0);
+  for (int i = 0; i < draws; ++i) {
+    const auto plan = dca::AugmentationPlan::top_scored(2, T, K, n_ahead, scores, rng);
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t j = 0; j < K; ++j) {
+        const index_t t = plan.point(b, j);
+        REQUIRE(t < available);
+        if (j > 0) REQUIRE(t > plan.point(b, j - 1));  // distinct, in order
+        ++count[static_cast<std::size_t>(b * T + t)];
+      }
+  }
+  // Sequence 0: its three scored points always, one of the 14 others 1/14 of the time each;
+  // sequence 1: each point K/17 of the time (standard errors 0.005 and 0.008).
+  for (index_t t = 0; t < available; ++t) {
+    const double share = count[static_cast<std::size_t>(t)] / static_cast<double>(draws),
+                 uniform = count[static_cast<std::size_t>(T + t)] / static_cast<double>(draws);
+    CHECK(std::abs(share - (t == 3 || t == 8 || t == 16 ? 1.0 : 1.0 / 14)) < 0.02);
+    CHECK(std::abs(uniform - static_cast<double>(K) / available) < 0.035);
+  }
+  CHECK_THROWS_WITH_AS(dca::AugmentationPlan::top_scored(2, T, K, n_ahead, std::span<const double>(scores).first(39), rng),
+                       doctest::Contains("39 scores for 2 sequences of 20"), dca::RangeError);
+  scores[5] = std::nan("");
+  CHECK_THROWS_WITH_AS(dca::AugmentationPlan::top_scored(2, T, K, n_ahead, scores, rng), doctest::Contains("score 5 is NaN"),
+                       dca::RangeError);
+}
+
 TEST_CASE("the last-layer ablation and a randomly initialised coprocessor train through the same path") {
   const auto config = presets()[1];
   dca::Decoder<double> decoder(config, 3);

@@ -117,6 +117,37 @@ TEST_CASE("the trainer draws its points from the preferred-points rule when give
   CHECK(losses([](auto, dca::index_t t) { return t < 3; }) != uniform);  // K = 3: always the first three
 }
 
+TEST_CASE("the trainer takes the highest-scored points when given scores, and refuses scores beside a preferred rule") {
+  const auto corpus = sample_corpus();
+  auto decoder = untrained_decoder();
+  const auto losses = [&](dca::CoprocessorTrainerConfig run) {
+    dca::CoprocessorConfig c;
+    c.n_ahead = 2;
+    c.latent_form = dca::LatentForm::normed;
+    dca::Coprocessor<float, 1> coprocessor(decoder, c);
+    dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
+    std::vector<double> out;
+    for (int i = 0; i < 3; ++i) out.push_back(trainer.step());
+    return out;
+  };
+  auto first_three = tiny_run();  // K = 3
+  first_three.preferred_points = [](auto, dca::index_t t) { return t < 3; };
+  auto scored = tiny_run();
+  index_t calls = 0;
+  scored.point_scores = [&](const dca::Batch& b) {
+    ++calls;
+    CHECK(b.inputs.size() == static_cast<std::size_t>(b.batch * b.seq_len));
+    std::vector<double> scores(b.inputs.size(), 0.0);
+    for (index_t i = 0; i < b.batch; ++i)
+      for (index_t t = 0; t < 3; ++t) scores[static_cast<std::size_t>(i * b.seq_len + t)] = 1.0 + static_cast<double>(t);
+    return scores;
+  };
+  CHECK(losses(scored) == losses(first_three));
+  CHECK(calls == 3);
+  scored.preferred_points = first_three.preferred_points;
+  CHECK_THROWS_WITH_AS(losses(scored), doctest::Contains("set one"), dca::UsageError);
+}
+
 TEST_CASE("on one fixed batch the latents alone steer the frozen decoder's next-token loss well below its own") {
   // The gradient path's strength, separated from generalisation: the latents alone must be able to
   // move the frozen decoder's prediction of the token after the insertion point.

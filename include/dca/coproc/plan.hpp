@@ -8,6 +8,7 @@
 #include "dca/core/random.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <span>
 #include <vector>
 
@@ -64,6 +65,32 @@ struct AugmentationPlan {
         const index_t end = i < first ? first : available;
         std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(i + rng.below(end - i))]);
       }
+      std::sort(order.begin(), order.begin() + k);
+      plan.points.insert(plan.points.end(), order.begin(), order.begin() + k);
+    }
+    return plan;
+  }
+
+  /// The K drawable points of each sequence with the highest `scores` [batch·T] (one per token
+  /// slot; ties in random order, so equal scores draw uniformly): where a scorer says latents can
+  /// pay, e.g. a deeper decoder's advantage over the frozen one. RangeError for a score that is NaN.
+  static AugmentationPlan top_scored(index_t batch, index_t seq_len, index_t k, index_t n_ahead,
+                                     std::span<const double> scores, Rng& rng) {
+    check_sizes(batch, seq_len, k, n_ahead);
+    if (static_cast<index_t>(scores.size()) != batch * seq_len)
+      detail::fail<RangeError>("AugmentationPlan::top_scored: ", scores.size(), " scores for ", batch, " sequences of ",
+                               seq_len);
+    for (std::size_t i = 0; i < scores.size(); ++i)
+      if (std::isnan(scores[i])) detail::fail<RangeError>("AugmentationPlan::top_scored: score ", i, " is NaN");
+    AugmentationPlan plan{batch, seq_len, k, n_ahead, {}};
+    const index_t available = seq_len - n_ahead;
+    std::vector<index_t> order(static_cast<std::size_t>(available));
+    for (index_t b = 0; b < batch; ++b) {
+      for (index_t t = 0; t < available; ++t) order[static_cast<std::size_t>(t)] = t;
+      for (index_t i = available - 1; i > 0; --i)  // a random order first: ties fall in it
+        std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(rng.below(i + 1))]);
+      const auto score = [&](index_t t) { return scores[static_cast<std::size_t>(b * seq_len + t)]; };
+      std::stable_sort(order.begin(), order.end(), [&](index_t x, index_t y) { return score(x) > score(y); });
       std::sort(order.begin(), order.begin() + k);
       plan.points.insert(plan.points.end(), order.begin(), order.begin() + k);
     }

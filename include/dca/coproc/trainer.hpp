@@ -37,6 +37,9 @@ struct CoprocessorTrainerConfig {
   // Points to take first (AugmentationPlan::preferring), given a sequence [T] and a point t; the
   // rest of the K are uniform. Empty: all K uniform (the paper's recipe).
   std::function<bool(std::span<const index_t>, index_t)> preferred_points;
+  // Or a score of every token slot of a batch [B·T]: each sequence's K highest-scored points
+  // (AugmentationPlan::top_scored). At most one of the two.
+  std::function<std::vector<double>(const Batch&)> point_scores;
 
   void validate() const {
     if (batch_size < 1 || seq_len < 2 || points_per_sequence < 1)
@@ -45,6 +48,9 @@ struct CoprocessorTrainerConfig {
     if (!(new_lr_multiplier >= 0) || !std::isfinite(new_lr_multiplier))
       detail::fail<RangeError>("CoprocessorTrainerConfig: new_lr_multiplier = ", new_lr_multiplier,
                                " must be finite and ≥ 0");
+    if (preferred_points && point_scores)
+      detail::fail<UsageError>("CoprocessorTrainerConfig: preferred_points and point_scores both choose the points; "
+                               "set one");
     optimization.validate();
     curve.validate();
   }
@@ -77,11 +83,15 @@ class CoprocessorTrainer {
     const Batch batch = sampler_.sample(config_.batch_size, config_.seq_len);
     const index_t sequences = config_.batch_size, length = config_.seq_len, k = config_.points_per_sequence,
                   n_ahead = coprocessor_.config().n_ahead;
-    const AugmentationPlan plan =
-        config_.preferred_points
-            ? AugmentationPlan::preferring(sequences, length, k, n_ahead, std::span<const index_t>(batch.inputs),
-                                           config_.preferred_points, points_rng_)
-            : AugmentationPlan::random(sequences, length, k, n_ahead, points_rng_);
+    const AugmentationPlan plan = [&] {
+      if (config_.preferred_points)
+        return AugmentationPlan::preferring(sequences, length, k, n_ahead, std::span<const index_t>(batch.inputs),
+                                            config_.preferred_points, points_rng_);
+      if (config_.point_scores)
+        return AugmentationPlan::top_scored(sequences, length, k, n_ahead,
+                                            std::span<const double>(config_.point_scores(batch)), points_rng_);
+      return AugmentationPlan::random(sequences, length, k, n_ahead, points_rng_);
+    }();
     return loop_.step([&](Tape<T>& tape) {
       AugmentedLoss<T> loss =
           coprocessor_.loss(tape, decoder_, batch.inputs, plan);  // the window's first seq_len tokens
