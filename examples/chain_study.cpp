@@ -185,6 +185,9 @@ int loss_share(const Options& o) {
   dca::CorpusMixture programs;
   programs.add(dca::chain_training_source(o.task, o.chain_bytes));
   const index_t T = o.run.seq_len, K = o.run.points_per_sequence, drawable = T - o.coprocessor.n_ahead;
+  if (K < 1 || K > drawable)
+    throw dca::RangeError("loss-share: --points " + std::to_string(K) + " must lie in 1.." + std::to_string(drawable) +
+                          " (sequence " + std::to_string(T) + " − N_A " + std::to_string(o.coprocessor.n_ahead) + ")");
   struct Share {
     index_t points = 0, top_k = 0;
     double frozen = 0, teacher = 0, score = 0;
