@@ -82,7 +82,8 @@ struct Options {
                                                      .total_steps = 1500, .weight_decay = 0.0},
                                     .new_lr_multiplier = 10.0,
                                     .curve = {},
-                                    .preferred_points = {}};
+                                    .preferred_points = {},
+                                    .point_scores = {}};
 };
 
 dca::CorpusMixture text_corpus(const Options& o) {
@@ -161,16 +162,8 @@ int given_steps(const Options& o) {
 // The next-token loss at every row of `b` [B·T]: −log softmax(logits)[target].
 std::vector<double> next_token_losses(dca::Decoder<float>& decoder, const dca::Batch& b) {
   dca::Tape<float> tape;
-  const auto logits = decoder.logits(tape, b.inputs, b.batch).value();
-  const index_t V = logits.shape()[1], rows = static_cast<index_t>(b.inputs.size());
-  std::vector<double> out(static_cast<std::size_t>(rows));
-  for (index_t row = 0; row < rows; ++row) {
-    double top = logits[row * V], sum = 0;
-    for (index_t v = 1; v < V; ++v) top = std::max<double>(top, logits[row * V + v]);
-    for (index_t v = 0; v < V; ++v) sum += std::exp(logits[row * V + v] - top);
-    out[static_cast<std::size_t>(row)] = top + std::log(sum) - logits[row * V + b.targets[static_cast<std::size_t>(row)]];
-  }
-  return out;
+  const auto losses = dca::cross_entropy_per_token(decoder.logits(tape, b.inputs, b.batch), b.targets).value();
+  return std::vector<double>(losses.data(), losses.data() + losses.numel());
 }
 
 // Where a draw of augmentation points weighted by a score would land: the frozen decoder's

@@ -648,7 +648,8 @@ TEST_CASE("the gate trains with the new parameters, and paths that do not mix re
                        doctest::Contains("no gate"), dca::UsageError);
   Cop<2> ungated(decoder, {});
   const auto pass = ungated.read_tokens(tape, decoder, ids, 1);
-  CHECK_THROWS_WITH_AS(ungated.gate(tape, pass.cache, dca::LatentQueries::after(2, 8, 7, ids.back()), pass.residual),
+  CHECK_THROWS_WITH_AS(ungated.gated_latents(tape, decoder, pass.cache, dca::LatentQueries::after(2, 8, 7, ids.back()),
+                                            pass.residual),
                        doctest::Contains("not gated"), dca::UsageError);
   c.source = dca::LatentSource::pause;
   CHECK_THROWS_WITH_AS((Cop<2>(decoder, c)), doctest::Contains("pause tokens have none"), dca::UsageError);

@@ -53,6 +53,13 @@ struct TokenPass {
   Var<T> logits;
 };
 
+/// A gated coprocessor's latents and gates from one pass over its soft tokens.
+template <Scalar T>
+struct GatedLatents {
+  Var<T> latents;  // z [G·N_L, d]
+  Var<T> gates;    // g [G, 1] in (0, 1): the augmented prediction's weight in the mixture
+};
+
 /// Explicit attention masks for the coprocessor's soft tokens, replacing their groups: the dense
 /// formulation's (coproc/dense_reference.hpp). Empty: the structured groups.
 struct SoftTokenMasks {
@@ -174,26 +181,13 @@ class Coprocessor {
     return latent_form(tape, decoder, output(tape, cache, queries, decoder_residual, masks), queries);
   }
 
-  /// A gated coprocessor's gate at each group of `queries`: g [G, 1] in (0, 1), the weight of the
-  /// augmented prediction in its mixture with the frozen decoder's (CoprocessorConfig::gated).
-  /// UsageError unless the coprocessor is gated.
-  Var<T> gate(Tape<T>& tape, std::span<const ConstantKV<T>> cache, const LatentQueries& queries,
-              const Var<T>& decoder_residual) {
-    if (!config_.gated) detail::fail<UsageError>("Coprocessor::gate: the coprocessor is not gated");
-    return sigmoid(gate_logits(tape, output(tape, cache, queries, decoder_residual, {})));
-  }
-
-  /// The latents' form over the coprocessor's output h [G·N_L, d] (what `output` returns).
-  Var<T> latent_form(Tape<T>& tape, Decoder<T>& decoder, const Var<T>& h, const LatentQueries& queries) {
-    if (config_.latent_form == LatentForm::token_mixture) {
-      // [G·N_L, V]·[V, d]: the coprocessor's next-token distribution over the decoder's (frozen) table
-      const Var<T> written = matmul(softmax(model_.head(tape, h)), tape.param(decoder.token_embedding()));
-      return add(written, linear(h, tape.param(projection_)));
-    }
-    if (config_.latent_form != LatentForm::residual) return h;
-    std::vector<index_t> bases;
-    for (const index_t token : queries.tokens) bases.insert(bases.end(), NumLatents, token);
-    return add(decoder.embed(tape, bases), linear(h, tape.param(projection_)));
+  /// A gated coprocessor's latents and gates at the groups of `queries`, both read from one pass of
+  /// the coprocessor (CoprocessorConfig::gated). UsageError unless the coprocessor is gated.
+  GatedLatents<T> gated_latents(Tape<T>& tape, Decoder<T>& decoder, std::span<const ConstantKV<T>> cache,
+                                const LatentQueries& queries, const Var<T>& decoder_residual) {
+    if (!config_.gated) detail::fail<UsageError>("Coprocessor::gated_latents: the coprocessor is not gated");
+    const Var<T> h = output(tape, cache, queries, decoder_residual, {});
+    return {latent_form(tape, decoder, h, queries), sigmoid(gate_logits(tape, h))};
   }
 
   /// What each latent would write as text: the coprocessor's head over its normed output at the
@@ -235,7 +229,7 @@ class Coprocessor {
     const Var<T> h = output(tape, tokens.cache, layout.latents, tokens.residual, {});
     const Var<T> z = latent_form(tape, decoder, h, layout.latents);
     return mixture_score(ahead_logits(tape, decoder, z, tokens.cache, layout), layout, gate_logits(tape, h),
-                         frozen_target_probabilities(tokens.logits, plan, layout));
+                         frozen_target_probabilities(tokens.logits, ids, plan, layout));
   }
 
   /// Step 1: the frozen decoder over ids [B·T] (B sequences), as constants, keeping every layer's
@@ -345,6 +339,19 @@ class Coprocessor {
   Var<T> repeated_soft_tokens(Tape<T>& tape, index_t groups) {
     std::vector<Var<T>> copies(static_cast<std::size_t>(groups), tape.param(soft_tokens_));
     return groups == 1 ? copies[0] : concat_rows(std::span<const Var<T>>(copies));
+  }
+
+  // The latents' form over the coprocessor's output h [G·N_L, d] (what `output` returns).
+  Var<T> latent_form(Tape<T>& tape, Decoder<T>& decoder, const Var<T>& h, const LatentQueries& queries) {
+    if (config_.latent_form == LatentForm::token_mixture) {
+      // [G·N_L, V]·[V, d]: the coprocessor's next-token distribution over the decoder's (frozen) table
+      const Var<T> written = matmul(softmax(model_.head(tape, h)), tape.param(decoder.token_embedding()));
+      return add(written, linear(h, tape.param(projection_)));
+    }
+    if (config_.latent_form != LatentForm::residual) return h;
+    std::vector<index_t> bases;
+    for (const index_t token : queries.tokens) bases.insert(bases.end(), NumLatents, token);
+    return add(decoder.embed(tape, bases), linear(h, tape.param(projection_)));
   }
 
   // The output the latent form reads at the soft tokens of `queries`, [G·N_L, d]: normed, except
@@ -472,24 +479,21 @@ class Coprocessor {
   }
 
   // p_frozen of the target of every row of `layout` [G·R] from the decoder's logits over the
-  // tokens [B·T, V]: group (b, j)'s n-th ahead token x[t+n+1] is row b·T + t + n's next token.
-  std::vector<T> frozen_target_probabilities(const Var<T>& token_logits, const AugmentationPlan& plan,
-                                             const AugmentationLayout& layout) const {
-    const auto L = token_logits.value();
-    const index_t V = L.shape()[1];
+  // tokens ids [B·T] (constants, [B·T, V]): group (b, j)'s n-th ahead token x[t+n+1] is the next
+  // token of row b·T + t + n.
+  std::vector<T> frozen_target_probabilities(const Var<T>& token_logits, std::span<const index_t> ids,
+                                             const AugmentationPlan& plan, const AugmentationLayout& layout) const {
+    std::vector<index_t> next(ids.size(), -100);
+    for (index_t b = 0; b < plan.batch; ++b)
+      for (index_t i = 0; i + 1 < plan.seq_len; ++i)
+        next[static_cast<std::size_t>(b * plan.seq_len + i)] = ids[static_cast<std::size_t>(b * plan.seq_len + i + 1)];
+    const auto losses = cross_entropy_per_token(token_logits, std::span<const index_t>(next)).value();  // [B·T, 1]
     std::vector<T> out(layout.targets.size(), T(1));
     for (index_t b = 0; b < plan.batch; ++b)
       for (index_t j = 0; j < plan.points_per_sequence; ++j) {
         const index_t g = b * plan.points_per_sequence + j, t = plan.point(b, j);
-        for (index_t n = 0; n < config_.n_ahead; ++n) {
-          const index_t row = b * plan.seq_len + t + n, r = layout.target_row(g, n);
-          const index_t target = layout.targets[static_cast<std::size_t>(r)];
-          double top = L[row * V];
-          for (index_t v = 1; v < V; ++v) top = std::max<double>(top, L[row * V + v]);
-          double sum = 0;
-          for (index_t v = 0; v < V; ++v) sum += std::exp(L[row * V + v] - top);
-          out[static_cast<std::size_t>(r)] = static_cast<T>(std::exp(L[row * V + target] - top) / sum);
-        }
+        for (index_t n = 0; n < config_.n_ahead; ++n)
+          out[static_cast<std::size_t>(layout.target_row(g, n))] = std::exp(-losses[b * plan.seq_len + t + n]);
       }
     return out;
   }

@@ -212,7 +212,12 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
                                                              coprocessor.config().oracle_lookahead);
     const bool gated = coprocessor.config().gated;
     const TokenPass<T> tokens = coprocessor.read_tokens(tape, decoder, b.ids, b.batch, gated);
-    Var<T> z = coprocessor.latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);
+    GatedLatents<T> read;  // ungated: the latents alone
+    if (gated)
+      read = coprocessor.gated_latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);
+    else
+      read.latents = coprocessor.latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);
+    Var<T> z = read.latents;
     if (control == LatentControl::shuffled)  // group g reads group g+1's latents, the last the first's
       z = concat_rows(std::span<const Var<T>>(std::vector<Var<T>>{
           slice_rows(z, NumLatents, (b.batch - 1) * NumLatents), slice_rows(z, 0, NumLatents)}));
@@ -227,11 +232,10 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
         predicted.push_back(detail::argmax_row<T>(logits.value(), layout.target_row(g, 0)));
       continue;
     }
-    const Var<T> gates = coprocessor.gate(tape, tokens.cache, layout.latents, tokens.residual);
     for (index_t g = 0; g < b.batch; ++g)
       predicted.push_back(detail::argmax_mixture<T>(logits.value(), layout.target_row(g, 0), tokens.logits.value(),
                                                     g * b.seq_len + b.prompt_ends[static_cast<std::size_t>(g)],
-                                                    static_cast<double>(gates.value()[g])));
+                                                    static_cast<double>(read.gates.value()[g])));
   }
   return predicted;
 }
