@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -98,6 +99,16 @@ inline std::vector<index_t> random_tokens(index_t n, std::uint64_t seed, index_t
   std::vector<index_t> ids(static_cast<std::size_t>(n));
   for (auto& id : ids) id = rng.below(vocab);
   return ids;
+}
+
+/// Rows of a decoder's token-embedding table: the input embeddings the tokens `ids` stand for.
+template <class Decoder>
+Tensor<double> embedding_rows(Decoder& decoder, std::span<const index_t> ids) {
+  const auto& table = decoder.parameters()[0]->value();
+  Tensor<double> rows(Shape{static_cast<index_t>(ids.size()), table.cols()});
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    for (index_t c = 0; c < table.cols(); ++c) rows(static_cast<index_t>(i), c) = table(ids[i], c);
+  return rows;
 }
 
 /// The small English sample shipped for tests (tests/data/sample.txt) as a one-source corpus.

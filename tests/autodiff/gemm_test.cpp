@@ -127,6 +127,25 @@ TEST_CASE("gemm computes every transpose variant into strided blocks on both pat
       }
 }
 
+TEST_CASE("gemm writes into a transposed destination and evaluates operands that are not views, on both paths") {
+  const auto random = [](index_t rows, index_t cols, std::uint64_t seed) {
+    return dca::test::random_tensor<float>(dca::Shape{rows, cols}, seed).matrix().eval();
+  };
+  for (GemmPath path : available_paths())
+    for (const bool accumulate : {false, true}) {
+      CAPTURE(accumulate);
+      const Matrix<float> a = random(37, 23, 4), b = random(23, 41, 5);
+      Matrix<float> c = random(41, 37, 6);  // receives (a·b)ᵀ
+      const Matrix<float> before = c.transpose();
+      dca::detail::gemm_on(path, c.transpose(), a, b, 0.5f, accumulate);
+      check_against_reference<float>(c.transpose(), before, a, b, 0.5, accumulate);
+      Matrix<float> d = random(37, 41, 7);  // an expression operand: Eigen evaluates it as it stands
+      const Matrix<float> d_before = d;
+      dca::detail::gemm_on(path, d, a * 2.0f, b, 0.25f, accumulate);
+      check_against_reference<float>(d, d_before, (a * 2.0f).eval(), b, 0.25, accumulate);
+    }
+}
+
 TEST_CASE("gemm with an empty inner dimension sets or keeps the destination") {
   for (GemmPath path : available_paths()) {
     Matrix<float> a(4, 0), b(0, 3), c = Matrix<float>::Constant(4, 3, 2.0f);

@@ -26,15 +26,15 @@ namespace {
 
 // The tiny presets with a larger init_std than the default, which makes the logits decisive enough
 // that greedy tokens vary.
-std::vector<DecoderConfig> presets() {
+std::vector<DecoderConfig> decisive_presets() {
   auto configs = dca::test::tiny_presets(3);
   for (auto& c : configs) c.init_std = 0.5;
   return configs;
 }
 
-DecoderConfig llama() { return presets()[1]; }
+DecoderConfig llama() { return decisive_presets()[1]; }
 
-std::vector<index_t> tokens(index_t n, std::uint64_t seed) { return dca::test::random_tokens(n, seed); }
+using dca::test::random_tokens;
 
 // The lowest index of the largest value.
 index_t argmax(std::span<const double> values) {
@@ -73,7 +73,7 @@ GenerationConfig sampling(std::uint64_t seed = 5) {
 dca::GenerationResult run(dca::Decoder<double>& decoder, const GenerationConfig& config, index_t capacity = 32,
                           const std::function<bool(index_t)>& on_token = {}) {
   KVCache<double> cache(decoder.config(), capacity);
-  return dca::generate(decoder, cache, tokens(4, 9), config, on_token);
+  return dca::generate(decoder, cache, random_tokens(4, 9), config, on_token);
 }
 
 std::vector<index_t> first(const std::vector<index_t>& v, std::size_t n) {
@@ -107,21 +107,13 @@ double chi_square_bound(std::size_t degrees) {
   return quantiles[degrees - 1];
 }
 
-Tensor<double> embedding_rows(dca::Decoder<double>& decoder, std::span<const index_t> ids) {
-  const auto& table = decoder.parameters()[0]->value();
-  Tensor<double> rows(dca::Shape{static_cast<index_t>(ids.size()), table.cols()});
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    for (index_t c = 0; c < table.cols(); ++c) rows(static_cast<index_t>(i), c) = table(ids[i], c);
-  return rows;
-}
-
 }  // namespace
 
 TEST_CASE("greedy generation picks the argmax of a full recomputation at every step, for every preset") {
-  for (const auto& config : presets()) {
+  for (const auto& config : decisive_presets()) {
     CAPTURE(config.architecture);
     dca::Decoder<double> decoder(config, 3);
-    const auto prompt = tokens(4, 1);
+    const auto prompt = random_tokens(4, 1);
     KVCache<double> cache(config, 32);
     GenerationConfig greedy;
     greedy.temperature = 0;
@@ -135,10 +127,10 @@ TEST_CASE("greedy generation picks the argmax of a full recomputation at every s
 }
 
 TEST_CASE("the prompt is appended after what the cache already holds") {
-  for (const auto& config : presets()) {
+  for (const auto& config : decisive_presets()) {
     CAPTURE(config.architecture);
     dca::Decoder<double> decoder(config, 4);
-    const auto history = tokens(5, 2), prompt = tokens(3, 3);
+    const auto history = random_tokens(5, 2), prompt = random_tokens(3, 3);
     KVCache<double> cache(config, 32);
     dca::Tape<double> tape;
     cache.append_tokens(tape, decoder, history);
@@ -152,10 +144,10 @@ TEST_CASE("the prompt is appended after what the cache already holds") {
 }
 
 TEST_CASE("generate_from continues from a latent-augmented cache exactly as a recomputation with the latents") {
-  for (const auto& config : presets()) {
+  for (const auto& config : decisive_presets()) {
     CAPTURE(config.architecture);
     dca::Decoder<double> decoder(config, 6);
-    const auto ids = tokens(5, 4);
+    const auto ids = random_tokens(5, 4);
     const index_t d = config.hidden_size, n_latents = 2, t = 4;
     Tensor<double> z(dca::Shape{n_latents, d});
     dca::Rng rng(8);
@@ -175,9 +167,9 @@ TEST_CASE("generate_from continues from a latent-augmented cache exactly as a re
     // Reference: the tokens, the latents at position t, then the generated tokens at t+1, t+2, ...
     std::vector<index_t> expected, positions{0, 1, 2, 3, 4, t, t};
     for (index_t step = 0; step < 6; ++step) {
-      const auto generated_rows = embedding_rows(decoder, expected);
+      const auto generated_rows = dca::test::embedding_rows(decoder, expected);
       Tensor<double> rows(dca::Shape{5 + n_latents + step, d});
-      const auto token_rows = embedding_rows(decoder, ids);
+      const auto token_rows = dca::test::embedding_rows(decoder, ids);
       for (index_t r = 0; r < rows.rows(); ++r)
         for (index_t c = 0; c < d; ++c)
           rows(r, c) = r < 5               ? token_rows(r, c)
@@ -206,7 +198,7 @@ TEST_CASE("the same seed gives the same tokens and another seed different ones")
 }
 
 TEST_CASE("top_k = 1 and a tiny top_p both give the greedy tokens at any temperature") {
-  for (const auto& config : presets()) {
+  for (const auto& config : decisive_presets()) {
     CAPTURE(config.architecture);
     dca::Decoder<double> decoder(config, 8);
     GenerationConfig greedy;
@@ -341,7 +333,7 @@ TEST_CASE("a stop sequence ends generation once the new tokens end with it, not 
   std::size_t end = 2;  // the first prefix of the free run that ends with the sequence
   while (!(free[end - 2] == sequence[0] && free[end - 1] == sequence[1])) ++end;
   auto config = sampling();
-  const index_t last_prompt_token = tokens(4, 9).back();
+  const index_t last_prompt_token = random_tokens(4, 9).back();
   config.stop_sequences = {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, sequence, {last_prompt_token, free[0]}};
   std::size_t straddling_end = 2;  // the prompt's last token followed by the first new one only counts inside
   while (straddling_end <= free.size() &&
@@ -381,7 +373,7 @@ TEST_CASE("max_tokens bounds the new tokens, and zero produces none but still pr
   config.max_tokens = 0;
   KVCache<double> cache(llama(), 16);
   bool called = false;
-  const auto none = dca::generate(decoder, cache, tokens(4, 9), config, [&](index_t) { return called = true; });
+  const auto none = dca::generate(decoder, cache, random_tokens(4, 9), config, [&](index_t) { return called = true; });
   CHECK(none.tokens.empty());
   CHECK(none.reason == StopReason::max_tokens);
   CHECK_FALSE(called);
@@ -392,16 +384,16 @@ TEST_CASE("a full cache stops generation with cache_full instead of throwing") {
   dca::Decoder<double> decoder(llama(), 13);
   const auto free = run(decoder, sampling()).tokens;
   KVCache<double> cache(llama(), 7);
-  const auto result = dca::generate(decoder, cache, tokens(4, 9), sampling());
+  const auto result = dca::generate(decoder, cache, random_tokens(4, 9), sampling());
   CHECK(result.reason == StopReason::cache_full);
   CHECK(std::string(dca::stop_reason_name(result.reason)) == "cache_full");
   CHECK(result.tokens == first(free, 7 - 4 + 1));
   CHECK(cache.size() == 7);
 
   // GPT-2's learned positions end at max_positions (32), whatever the cache's capacity.
-  dca::Decoder<double> gpt2(presets()[0], 13);
-  KVCache<double> large(presets()[0], 64);
-  const auto long_prompt = tokens(30, 1);
+  dca::Decoder<double> gpt2(decisive_presets()[0], 13);
+  KVCache<double> large(decisive_presets()[0], 64);
+  const auto long_prompt = random_tokens(30, 1);
   const auto at_limit = dca::generate(gpt2, large, long_prompt, sampling());
   CHECK(at_limit.reason == StopReason::cache_full);
   CHECK(at_limit.tokens.size() == 32 - 30 + 1);
@@ -411,13 +403,13 @@ TEST_CASE("a prompt that does not fit is rejected and leaves the cache unchanged
   dca::Decoder<double> decoder(llama(), 14);
   KVCache<double> cache(llama(), 6);
   dca::Tape<double> tape;
-  cache.append_tokens(tape, decoder, tokens(3, 1));
-  CHECK_THROWS_WITH_AS(dca::generate(decoder, cache, tokens(4, 2), sampling()),
+  cache.append_tokens(tape, decoder, random_tokens(3, 1));
+  CHECK_THROWS_WITH_AS(dca::generate(decoder, cache, random_tokens(4, 2), sampling()),
                        doctest::Contains("4-token prompt does not fit"), dca::RangeError);
   CHECK(cache.size() == 3);
-  dca::Decoder<double> gpt2(presets()[0], 14);
-  KVCache<double> large(presets()[0], 64);
-  CHECK_THROWS_WITH_AS(dca::generate(gpt2, large, tokens(33, 1), sampling()),
+  dca::Decoder<double> gpt2(decisive_presets()[0], 14);
+  KVCache<double> large(decisive_presets()[0], 64);
+  CHECK_THROWS_WITH_AS(dca::generate(gpt2, large, random_tokens(33, 1), sampling()),
                        doctest::Contains("exceeds the model's 32 learned positions"), dca::RangeError);
   CHECK(large.size() == 0);
 }
@@ -446,7 +438,7 @@ TEST_CASE("invalid configurations and prompts are rejected with the offending fi
   for (const Bad& b : bad) {
     CAPTURE(b.field);
     KVCache<double> cache(llama(), 16);
-    CHECK_THROWS_WITH_AS(dca::generate(decoder, cache, tokens(2, 1), b.config), doctest::Contains(b.field),
+    CHECK_THROWS_WITH_AS(dca::generate(decoder, cache, random_tokens(2, 1), b.config), doctest::Contains(b.field),
                          dca::RangeError);
   }
   dca::Rng rng(1);
@@ -459,7 +451,7 @@ TEST_CASE("invalid configurations and prompts are rejected with the offending fi
   CHECK_THROWS_WITH_AS(dca::generate(decoder, empty, {}, GenerationConfig{}),
                        doctest::Contains("nothing to condition on"), dca::UsageError);
   dca::Tape<double> tape;
-  empty.append_tokens(tape, decoder, tokens(2, 1));
+  empty.append_tokens(tape, decoder, random_tokens(2, 1));
   CHECK_THROWS_WITH_AS(dca::generate(decoder, empty, {}, GenerationConfig{}), doctest::Contains("generate_from"),
                        dca::UsageError);
   const std::vector<double> five(5);
@@ -474,7 +466,7 @@ TEST_CASE("generation resets its tape every step, so its arena does not grow aft
   std::vector<std::size_t> reserved, nodes;
   auto config = sampling();
   config.max_tokens = 16;
-  const auto result = dca::generate(tape, decoder, cache, tokens(16, 1), config, [&](index_t) {
+  const auto result = dca::generate(tape, decoder, cache, random_tokens(16, 1), config, [&](index_t) {
     reserved.push_back(tape.arena().reserved_bytes());
     nodes.push_back(tape.size());
     CHECK_FALSE(tape.grad_enabled());

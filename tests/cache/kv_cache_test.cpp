@@ -25,21 +25,12 @@ std::vector<DecoderConfig> presets() { return dca::test::tiny_presets(3); }
 
 std::vector<index_t> tokens(index_t n, std::uint64_t seed) { return dca::test::random_tokens(n, seed); }
 
-// Rows of the token-embedding table: the input embeddings these tokens stand for.
-Tensor<double> embedding_rows(dca::Decoder<double>& decoder, std::span<const index_t> ids) {
-  const auto& table = decoder.parameters()[0]->value();
-  Tensor<double> rows(Shape{static_cast<index_t>(ids.size()), table.cols()});
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    for (index_t c = 0; c < table.cols(); ++c) rows(static_cast<index_t>(i), c) = table(ids[i], c);
-  return rows;
-}
-
 // The reference: one forward over the whole extended sequence x[0..t], z, x[t+1..] (as input
 // embeddings), with explicit positions, no cache. Returns the logits of every row.
 Tensor<double> full_recompute(dca::Decoder<double>& decoder, std::span<const index_t> ids, index_t t,
                               const Tensor<double>& z, dca::LatentPositions policy) {
   const index_t n_latents = z.rows(), n = static_cast<index_t>(ids.size()), d = decoder.config().hidden_size;
-  const auto token_rows = embedding_rows(decoder, ids);
+  const auto token_rows = dca::test::embedding_rows(decoder, ids);
   Tensor<double> rows(Shape{n + n_latents, d});
   std::vector<index_t> positions;
   index_t r = 0;

@@ -17,7 +17,7 @@ namespace {
 using dca::test::sample_corpus;
 using dca::test::TempDir;
 
-dca::DecoderConfig tiny_model() {
+dca::DecoderConfig one_layer_model() {
   return dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 1, .heads = 2, .mlp = 32});
 }
 
@@ -56,18 +56,18 @@ dca::TrainerConfig tiny_run(const std::filesystem::path& curve_directory) {
 TEST_CASE("parameter groups take their own rate, and a run with them resumes bit-identically") {
   TempDir dir;
   const auto path = dir.path / "checkpoint.safetensors";
-  dca::Decoder<float> uninterrupted(tiny_model(), 1);
+  dca::Decoder<float> uninterrupted(one_layer_model(), 1);
   dca::TrainingLoop<float> reference(two_groups(uninterrupted), tiny_schedule());
   CHECK(reference.optimizer().rate(0, 1e-3) == doctest::Approx(1e-2));  // the embedding's group runs at 10×
   std::vector<double> expected, resumed;
   for (index_t s = 0; s < 6; ++s) expected.push_back(step_on_batch(reference, uninterrupted, s));
   {
-    dca::Decoder<float> model(tiny_model(), 1);
+    dca::Decoder<float> model(one_layer_model(), 1);
     dca::TrainingLoop<float> loop(two_groups(model), tiny_schedule());
     for (index_t s = 0; s < 3; ++s) resumed.push_back(step_on_batch(loop, model, s));
     loop.save_checkpoint(path, {});
   }
-  dca::Decoder<float> model(tiny_model(), 7);  // other initial weights: all must come from the file
+  dca::Decoder<float> model(one_layer_model(), 7);  // other initial weights: all must come from the file
   dca::TrainingLoop<float> loop(two_groups(model), tiny_schedule());
   loop.load_checkpoint(path, {}, [](const auto&) {});
   CHECK(loop.step_count() == 3);
@@ -82,7 +82,7 @@ TEST_CASE(
     "training") {
   const auto corpus = sample_corpus();
   TempDir with_curve, without_curve;
-  dca::Decoder<float> curved_model(tiny_model(), 1), plain_model(tiny_model(), 1);
+  dca::Decoder<float> curved_model(one_layer_model(), 1), plain_model(one_layer_model(), 1);
   dca::Trainer<float> curved(curved_model, corpus, tiny_run(with_curve.path));
   auto plain_run = tiny_run(without_curve.path);
   plain_run.curve.every = plain_run.curve.evaluate_every = 0;
@@ -114,19 +114,19 @@ TEST_CASE("a run resumed between curve rows writes the same learning curve as an
   const auto corpus = sample_corpus();
   TempDir uninterrupted_dir, resumed_dir;
   {
-    dca::Decoder<float> model(tiny_model(), 1);
+    dca::Decoder<float> model(one_layer_model(), 1);
     dca::Trainer<float> trainer(model, corpus, tiny_run(uninterrupted_dir.path));
     for (int i = 0; i < 8; ++i) trainer.step();
   }
   const auto checkpoint = resumed_dir.path / "checkpoint.safetensors";
   {
-    dca::Decoder<float> model(tiny_model(), 1);
+    dca::Decoder<float> model(one_layer_model(), 1);
     dca::Trainer<float> trainer(model, corpus, tiny_run(resumed_dir.path));
     for (int i = 0; i < 3; ++i) trainer.step();
     trainer.save_checkpoint(checkpoint);         // step 3: one training loss counted towards the row of step 4
     for (int i = 0; i < 2; ++i) trainer.step();  // rows up to step 4 written, then the run stops
   }
-  dca::Decoder<float> model(tiny_model(), 1);
+  dca::Decoder<float> model(one_layer_model(), 1);
   dca::Trainer<float> trainer(model, corpus, tiny_run(resumed_dir.path));
   trainer.load_checkpoint(checkpoint);
   while (trainer.step_count() < 8) trainer.step();

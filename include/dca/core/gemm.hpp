@@ -24,6 +24,7 @@
 
 #include "dca/core/config.hpp"
 #include "dca/core/error.hpp"
+#include "dca/core/instances.hpp"
 
 #include <Eigen/Core>
 
@@ -303,25 +304,32 @@ inline GemmBackend select_gemm_backend() {
 // EIGEN_GEMM_TO_COEFFBASED_THRESHOLD); single rows or columns are memory-bound GEMVs, left to Eigen.
 inline constexpr index_t gemm_small_size = 20;
 
-// A BLAS operand: row-major storage at `data` with leading dimension `ld`; `transposed` when the
-// expression is the transpose of that storage.
+// One operand of a product as the kernels read it: row-major storage of [rows, cols] at `data`
+// with leading dimension `ld`, of which the product reads the transpose when `transposed`.
 template <class T>
-struct BlasOperand {
+struct GemmOperand {
   T* data = nullptr;
-  int ld = 0;
+  index_t rows = 0, cols = 0, ld = 0;
   bool transposed = false;
+
+  index_t used_rows() const { return transposed ? cols : rows; }
+  index_t used_cols() const { return transposed ? rows : cols; }
 };
 
-// The storage behind a dense Eigen expression with unit inner stride (a Map, a Block of one, or
-// their transposes), or nullopt when it has none the BLAS can read.
+// Whether an Eigen expression is a dense view with unit inner stride (a Map, a Block of one, or
+// their transposes) that a GemmOperand can describe.
 template <class Expr>
-auto blas_operand(Expr&& e) {
-  using Scalar = std::remove_const_t<std::remove_pointer_t<decltype(e.data())>>;
-  using Data = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(e.data())>>, const Scalar, Scalar>;
-  std::optional<BlasOperand<Data>> out;
-  if (e.innerStride() != 1 || e.outerStride() > INT_MAX || e.outerStride() < 1) return out;
-  out = BlasOperand<Data>{e.data(), static_cast<int>(e.outerStride()), !std::decay_t<Expr>::IsRowMajor};
-  return out;
+inline constexpr bool is_strided_view = std::decay_t<Expr>::InnerStrideAtCompileTime == 1 &&
+                                        requires(const std::decay_t<Expr>& e) { e.data(); e.outerStride(); };
+
+// The storage behind such a view: a column-major view of row-major storage is its transpose.
+template <class Expr>
+auto gemm_operand(Expr&& e) {
+  using Data = std::remove_pointer_t<decltype(e.data())>;
+  if constexpr (std::decay_t<Expr>::IsRowMajor)
+    return GemmOperand<Data>{e.data(), e.rows(), e.cols(), e.outerStride(), false};
+  else
+    return GemmOperand<Data>{e.data(), e.cols(), e.rows(), e.outerStride(), true};
 }
 
 // dst = alpha·lhs·rhs (accumulate: dst += alpha·lhs·rhs) through Eigen's kernels.
@@ -333,7 +341,45 @@ void gemm_eigen(Dst&& dst, const Lhs& lhs, const Rhs& rhs, T alpha, bool accumul
     dst.noalias() = alpha * lhs * rhs;
 }
 
-// The same product on a given path (tests compare the two paths in one process).
+// The product every view reaches, on a given path: dst:[M,N] = alpha · op(a):[M,K] · op(b):[K,N]
+// (+= with accumulate); dst is not transposed. One function per scalar type, so the kernels are
+// compiled once however many expression types call them (dca/core/instances.hpp).
+template <Scalar T>
+void gemm_strided(GemmPath path, GemmOperand<T> dst, GemmOperand<const T> a, GemmOperand<const T> b, T alpha,
+                  bool accumulate) {
+  const index_t m = dst.rows, n = dst.cols, k = a.used_cols();
+#if defined(DCA_HAVE_BLAS)
+  if (path == GemmPath::blas && m > 1 && n > 1 && m + n + k >= gemm_small_size && m <= INT_MAX && n <= INT_MAX &&
+      k <= INT_MAX && a.ld <= INT_MAX && b.ld <= INT_MAX && dst.ld <= INT_MAX && a.ld >= 1 && b.ld >= 1) {
+    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ over the same buffers.
+    const char trans_b = b.transposed ? 'T' : 'N', trans_a = a.transposed ? 'T' : 'N';
+    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+    const int lda = static_cast<int>(a.ld), ldb = static_cast<int>(b.ld), ldc = static_cast<int>(dst.ld);
+    const T beta = accumulate ? T(1) : T(0);
+    if constexpr (std::is_same_v<T, float>)
+      dca_blas_sgemm(&trans_b, &trans_a, &ni, &mi, &ki, &alpha, b.data, &ldb, a.data, &lda, &beta, dst.data, &ldc);
+    else
+      dca_blas_dgemm(&trans_b, &trans_a, &ni, &mi, &ki, &alpha, b.data, &ldb, a.data, &lda, &beta, dst.data, &ldc);
+    return;
+  }
+#else
+  (void)path;
+#endif
+  using Storage = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+  Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>> D(dst.data, m, n, Eigen::OuterStride<>(dst.ld));
+  const Storage A(a.data, a.rows, a.cols, Eigen::OuterStride<>(a.ld)), B(b.data, b.rows, b.cols, Eigen::OuterStride<>(b.ld));
+  if (a.transposed && b.transposed)
+    gemm_eigen(D, A.transpose(), B.transpose(), alpha, accumulate);
+  else if (a.transposed)
+    gemm_eigen(D, A.transpose(), B, alpha, accumulate);
+  else if (b.transposed)
+    gemm_eigen(D, A, B.transpose(), alpha, accumulate);
+  else
+    gemm_eigen(D, A, B, alpha, accumulate);
+}
+
+// The same product for any Eigen operands. Views reach gemm_strided (a transposed destination as
+// dstᵀ = rhsᵀ·lhsᵀ); anything else is evaluated by Eigen as it stands.
 template <class Dst, class Lhs, class Rhs, class T>
 void gemm_on(GemmPath path, Dst&& dst, const Lhs& lhs, const Rhs& rhs, T alpha, bool accumulate) {
   const index_t m = dst.rows(), n = dst.cols(), k = lhs.cols();
@@ -341,29 +387,19 @@ void gemm_on(GemmPath path, Dst&& dst, const Lhs& lhs, const Rhs& rhs, T alpha, 
     fail<ShapeError>("gemm: [", lhs.rows(), ",", lhs.cols(), "]·[", rhs.rows(), ",", rhs.cols(), "] into [", m, ",", n,
                      "]");
   if (m == 0 || n == 0) return;
-#if defined(DCA_HAVE_BLAS)
   using S = typename std::decay_t<Dst>::Scalar;
-  if (path == GemmPath::blas && m > 1 && n > 1 && m + n + k >= gemm_small_size && m <= INT_MAX && n <= INT_MAX &&
-      k <= INT_MAX && std::decay_t<Dst>::IsRowMajor) {
-    const auto a = blas_operand(lhs), b = blas_operand(rhs), c = blas_operand(dst);
-    if (a && b && c && !c->transposed) {
-      // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ over the same buffers.
-      const char trans_b = b->transposed ? 'T' : 'N', trans_a = a->transposed ? 'T' : 'N';
-      const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-      const S one_alpha = static_cast<S>(alpha), beta = accumulate ? S(1) : S(0);
-      if constexpr (std::is_same_v<S, float>)
-        dca_blas_sgemm(&trans_b, &trans_a, &ni, &mi, &ki, &one_alpha, b->data, &b->ld, a->data, &a->ld, &beta, c->data,
-                       &c->ld);
-      else
-        dca_blas_dgemm(&trans_b, &trans_a, &ni, &mi, &ki, &one_alpha, b->data, &b->ld, a->data, &a->ld, &beta, c->data,
-                       &c->ld);
-      return;
-    }
+  if constexpr (is_strided_view<Dst> && is_strided_view<Lhs> && is_strided_view<Rhs>) {
+    const GemmOperand<S> c = gemm_operand(dst);
+    const GemmOperand<const S> a = gemm_operand(lhs), b = gemm_operand(rhs);
+    const auto flipped = [](GemmOperand<const S> x) { return x.transposed = !x.transposed, x; };
+    if (c.transposed)
+      gemm_strided<S>(path, {c.data, c.rows, c.cols, c.ld, false}, flipped(b), flipped(a), static_cast<S>(alpha),
+                      accumulate);
+    else
+      gemm_strided<S>(path, c, a, b, static_cast<S>(alpha), accumulate);
+  } else {
+    gemm_eigen(dst, lhs, rhs, static_cast<S>(alpha), accumulate);
   }
-#else
-  (void)path;
-#endif
-  gemm_eigen(dst, lhs, rhs, alpha, accumulate);
 }
 
 inline GemmPath gemm_path() { return gemm_backend().path; }
@@ -381,6 +417,12 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs, T alpha = T(1)) {
 }
 
 }  // namespace detail
+
+// The float and double products a build may compile once (dca/core/instances.hpp).
+#define DCA_GEMM_INSTANCES(kind, T) \
+  kind void detail::gemm_strided(GemmPath, detail::GemmOperand<T>, detail::GemmOperand<const T>, \
+                                 detail::GemmOperand<const T>, T, bool);
+DCA_EXTERN_INSTANCES(DCA_GEMM_INSTANCES)
 
 inline const GemmBackend& gemm_backend() {
   static const GemmBackend backend = detail::select_gemm_backend();

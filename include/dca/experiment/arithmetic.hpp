@@ -248,8 +248,9 @@ inline index_t answer_budget(const ArithmeticConfig& config) {
 /// and "" do not. An empty answer matches nothing. Give the model at least answer_budget bytes, so
 /// that stopping early cannot turn "31820" into "3182".
 constexpr bool exact_match(std::string_view generated, std::string_view answer) {
-  return !answer.empty() && generated.starts_with(answer) &&
-         (generated.size() == answer.size() || generated[answer.size()] == '\n');
+  if (answer.empty() || !generated.starts_with(answer)) return false;
+  const std::string_view rest = generated.substr(answer.size());
+  return rest.empty() || rest.front() == '\n';
 }
 
 /// Problems drawn from a config's distribution, reproducibly: the same config (and seed) gives the

@@ -11,6 +11,7 @@
 
 #include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 // Eigen's vectorised erf (for gelu_erf: ~50x faster than std::erf per element in float) lives in
 // this module, which ships with every Eigen installation despite its directory name.
@@ -168,5 +169,18 @@ Var<T> softcap(const Var<T>& x, std::type_identity_t<T> c) {
       "softcap", x, [c, inv_c](const auto& v) { return c * (v * inv_c).tanh(); },
       [inv_c](const auto&, const auto& y) { return T(1) - (y * inv_c).square(); });
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_ACTIVATION_INSTANCES(kind, T) \
+  kind Var<T> exp(const Var<T>&); \
+  kind Var<T> log(const Var<T>&); \
+  kind Var<T> tanh(const Var<T>&); \
+  kind Var<T> sigmoid(const Var<T>&); \
+  kind Var<T> relu(const Var<T>&); \
+  kind Var<T> gelu_tanh(const Var<T>&); \
+  kind Var<T> gelu_erf(const Var<T>&); \
+  kind Var<T> silu(const Var<T>&); \
+  kind Var<T> softcap(const Var<T>&, T);
+DCA_EXTERN_INSTANCES(DCA_ACTIVATION_INSTANCES)
 
 }  // namespace dca

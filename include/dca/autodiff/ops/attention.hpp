@@ -60,6 +60,7 @@
 
 #include "dca/autodiff/ops/matmul.hpp"
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -537,5 +538,10 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_ATTENTION_INSTANCES(kind, T) \
+  kind Var<T> attention(const Var<T>&, const Var<T>&, const Var<T>&, const AttentionArgs<T>&);
+DCA_EXTERN_INSTANCES(DCA_ATTENTION_INSTANCES)
 
 }  // namespace dca

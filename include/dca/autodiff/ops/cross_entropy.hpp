@@ -5,6 +5,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <cmath>
 #include <span>
@@ -149,5 +150,11 @@ Var<T> cross_entropy_per_token(const Var<T>& logits, std::span<const index_t> ta
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_CROSS_ENTROPY_INSTANCES(kind, T) \
+  kind Var<T> cross_entropy(const Var<T>&, std::span<const index_t>, const CrossEntropyOptions&, std::span<const T>); \
+  kind Var<T> cross_entropy_per_token(const Var<T>&, std::span<const index_t>, index_t);
+DCA_EXTERN_INSTANCES(DCA_CROSS_ENTROPY_INSTANCES)
 
 }  // namespace dca

@@ -10,6 +10,7 @@
 
 #include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <cstdint>
 #include <type_traits>
@@ -258,5 +259,14 @@ template <Scalar T>
 Var<T> operator/(const Var<T>& x, std::type_identity_t<T> s) {
   return scale(x, T(1) / s);
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_ELEMENTWISE_INSTANCES(kind, T) \
+  kind Var<T> detail::affine(const char*, const Var<T>&, T, T); \
+  kind Var<T> add(const Var<T>&, const Var<T>&); \
+  kind Var<T> sub(const Var<T>&, const Var<T>&); \
+  kind Var<T> mul(const Var<T>&, const Var<T>&); \
+  kind Var<T> div(const Var<T>&, const Var<T>&);
+DCA_EXTERN_INSTANCES(DCA_ELEMENTWISE_INSTANCES)
 
 }  // namespace dca

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <span>
 
@@ -33,5 +34,10 @@ Var<T> embedding(const Var<T>& table, std::span<const index_t> ids) {
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_EMBEDDING_INSTANCES(kind, T) \
+  kind Var<T> embedding(const Var<T>&, std::span<const index_t>);
+DCA_EXTERN_INSTANCES(DCA_EMBEDDING_INSTANCES)
 
 }  // namespace dca

@@ -10,6 +10,7 @@
 #include "dca/autodiff/parallel.hpp"
 #include "dca/core/gemm.hpp"
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 namespace dca {
 
@@ -229,5 +230,13 @@ template <Scalar T>
 Var<T> matmul_cols(const Var<T>& x, const Var<T>& w, index_t begin, index_t count) {
   return detail::matmul_column_block(x, w, static_cast<const Var<T>*>(nullptr), begin, count);
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_MATMUL_INSTANCES(kind, T) \
+  kind Var<T> detail::product(const char*, const Var<T>&, const Var<T>&, bool, bool); \
+  kind Var<T> linear(const Var<T>&, const Var<T>&, const Var<T>&); \
+  kind Var<T> matmul(const Var<T>&, const Var<T>&, const Var<T>&); \
+  kind Var<T> detail::matmul_column_block(const Var<T>&, const Var<T>&, const Var<T>*, index_t, index_t);
+DCA_EXTERN_INSTANCES(DCA_MATMUL_INSTANCES)
 
 }  // namespace dca

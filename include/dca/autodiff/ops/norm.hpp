@@ -5,6 +5,7 @@
 
 #include "dca/autodiff/parallel.hpp"
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -146,5 +147,11 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& w, double eps, RmsWeight mode = R
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_NORM_INSTANCES(kind, T) \
+  kind Var<T> layer_norm(const Var<T>&, const Var<T>&, const Var<T>&, double); \
+  kind Var<T> rms_norm(const Var<T>&, const Var<T>&, double, RmsWeight);
+DCA_EXTERN_INSTANCES(DCA_NORM_INSTANCES)
 
 }  // namespace dca

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 namespace dca {
 
@@ -100,5 +101,12 @@ Var<T> mean_over_cols(const Var<T>& x) {
   detail::check_mean_count("mean_over_cols", x, x.cols(), "columns");
   return detail::reduce_over_cols("mean_over_cols", x, T(1) / static_cast<T>(x.cols()));
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_REDUCE_INSTANCES(kind, T) \
+  kind Var<T> detail::reduce_all(const char*, const Var<T>&, T); \
+  kind Var<T> detail::reduce_over_rows(const char*, const Var<T>&, T); \
+  kind Var<T> detail::reduce_over_cols(const char*, const Var<T>&, T);
+DCA_EXTERN_INSTANCES(DCA_REDUCE_INSTANCES)
 
 }  // namespace dca

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <cmath>
 #include <span>
@@ -127,5 +128,10 @@ Var<T> rope(const Var<T>& x, std::span<const index_t> positions, const RopeConfi
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_ROPE_INSTANCES(kind, T) \
+  kind Var<T> rope(const Var<T>&, std::span<const index_t>, const RopeConfig&);
+DCA_EXTERN_INSTANCES(DCA_ROPE_INSTANCES)
 
 }  // namespace dca

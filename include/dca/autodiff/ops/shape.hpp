@@ -4,6 +4,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <cstring>
 #include <initializer_list>
@@ -170,5 +171,15 @@ Var<T> transpose(const Var<T>& x) {
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_SHAPE_INSTANCES(kind, T) \
+  kind Var<T> slice_rows(const Var<T>&, index_t, index_t); \
+  kind Var<T> slice_cols(const Var<T>&, index_t, index_t); \
+  kind Var<T> concat_rows(std::span<const Var<T>>); \
+  kind Var<T> concat_cols(std::span<const Var<T>>); \
+  kind Var<T> reshape(const Var<T>&, index_t, index_t); \
+  kind Var<T> transpose(const Var<T>&);
+DCA_EXTERN_INSTANCES(DCA_SHAPE_INSTANCES)
 
 }  // namespace dca

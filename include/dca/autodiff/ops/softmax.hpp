@@ -5,6 +5,7 @@
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
+#include "dca/core/instances.hpp"
 
 #include <cmath>
 
@@ -64,5 +65,11 @@ Var<T> log_softmax(const Var<T>& x) {
   });
   return y;
 }
+
+// The float and double instances a build may compile once (dca/core/instances.hpp).
+#define DCA_SOFTMAX_INSTANCES(kind, T) \
+  kind Var<T> softmax(const Var<T>&); \
+  kind Var<T> log_softmax(const Var<T>&);
+DCA_EXTERN_INSTANCES(DCA_SOFTMAX_INSTANCES)
 
 }  // namespace dca
