@@ -18,7 +18,6 @@
 // writes the worked steps (the upper bound), and for coprocessors the augmented answer and the
 // shuffled-latent control, and appends them to hops.csv in the run directory. Both stages save a
 // checkpoint at every evaluation and continue from it when started again with the same options.
-#include <dca/coproc/dispatch.hpp>
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/chain_evaluation.hpp>
@@ -260,7 +259,7 @@ int pretrain(const Options& o) {
 }
 
 // What a coprocessor or probe run starts from: its directory (--out, or runs/chains/<kind>-<N_L>,
-// created), the frozen decoder, and the coprocessor config with the chosen positions.
+// created), the frozen decoder, and the coprocessor config with the chosen N_L and positions.
 struct LatentRun {
   std::string out;
   dca::Decoder<float> decoder;
@@ -272,14 +271,14 @@ struct LatentRun {
         config(o.coprocessor) {
     fs::create_directories(out);
     decoder.freeze();
+    config.n_latents = n_latents;
     config.positions =
         o.positions == "shifted" ? dca::LatentPositions::shifted : dca::LatentPositions::at_insertion_point;
   }
 };
 
-template <index_t N>
 int train_coprocessor(const Options& o) {
-  LatentRun setup(o, "coprocessor", N);
+  LatentRun setup(o, "coprocessor", o.latents);
   const std::string& out = setup.out;
   dca::Decoder<float>& decoder = setup.decoder;
   const dca::CorpusMixture corpus = mixture(o), text = text_corpus(o);
@@ -288,7 +287,7 @@ int train_coprocessor(const Options& o) {
   c.latent_form = o.latent_form == "normed"          ? dca::LatentForm::normed
                   : o.latent_form == "token-mixture" ? dca::LatentForm::token_mixture
                                                      : dca::LatentForm::residual;
-  dca::Coprocessor<float, N> coprocessor(decoder, c);
+  dca::Coprocessor<float, dca::dynamic_latents> coprocessor(decoder, c);
   dca::CoprocessorTrainerConfig run = o.run;
   if (o.prefer_answers)  // the slot of '=' in "?d=": the next token is a bare answer
     run.preferred_points = [](std::span<const index_t> s, index_t t) { return t >= 2 && s[t] == '=' && s[t - 2] == '?'; };
@@ -336,7 +335,7 @@ int train_coprocessor(const Options& o) {
   };
   std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s%s latents from the %s, oracle lookahead "
               "%ld: %ld steps\n",
-              static_cast<long>(N), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
+              static_cast<long>(o.latents), static_cast<long>(c.n_ahead), static_cast<long>(o.run.points_per_sequence),
               o.prefer_answers ? " (answers first)" : teacher ? " (by a teacher's gain)" : "", o.positions.c_str(), c.gated ? "gated " : "",
               o.latent_form.c_str(), o.source.c_str(),
               static_cast<long>(c.oracle_lookahead), static_cast<long>(o.run.optimization.total_steps));
@@ -360,14 +359,13 @@ int train_coprocessor(const Options& o) {
 // The supervised diagnostic (dca/experiment/chain_probe.hpp): a token-mixture coprocessor trained
 // to write each program's first worked steps after the bare prompt. Per hop count: how often its
 // latents write them, and the frozen decoder's bare answers with them and with another program's.
-template <index_t N>
 int probe(const Options& o) {
-  LatentRun setup(o, "probe", N);
+  LatentRun setup(o, "probe", o.latents);
   const std::string& out = setup.out;
   dca::Decoder<float>& decoder = setup.decoder;
   dca::CoprocessorConfig c = setup.config;
   c.latent_form = dca::LatentForm::token_mixture;
-  dca::Coprocessor<float, N> coprocessor(decoder, c);
+  dca::Coprocessor<float, dca::dynamic_latents> coprocessor(decoder, c);
   dca::TrainingLoop<float> loop(coprocessor.parameter_groups(o.run.new_lr_multiplier), o.run.optimization);
   const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
   if (fs::exists(checkpoint)) {
@@ -400,7 +398,7 @@ int probe(const Options& o) {
   };
   std::printf("probe N_L = %ld, %s positions: token-mixture latents trained to write the first %ld worked step(s) "
               "after the bare prompt, %ld steps of %ld programs\n",
-              static_cast<long>(N), o.positions.c_str(), static_cast<long>(o.probe_steps),
+              static_cast<long>(o.latents), o.positions.c_str(), static_cast<long>(o.probe_steps),
               static_cast<long>(o.run.optimization.total_steps), static_cast<long>(o.run.batch_size));
   if (loop.step_count() == 0) evaluate(0);
   const auto start = Clock::now();
@@ -474,7 +472,7 @@ int main(int argc, char** argv) {
   const auto latent_run_flags = [&](CLI::App* sub, const std::string& kind, const char* batch, const char* seed) {
     task_flags(sub);
     sub->add_option("--out", o.out_dir, "run directory (default runs/chains/" + kind + "-<N_L>)");
-    sub->add_option("--latents", o.latents, "N_L: 1, 2, 4, 8 or 16")->capture_default_str();
+    sub->add_option("--latents", o.latents, "N_L, the latents per insertion")->capture_default_str()->check(CLI::PositiveNumber);
     sub->add_option("--batch", o.run.batch_size, batch)->capture_default_str();
     sub->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
     sub->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
@@ -521,9 +519,8 @@ int main(int argc, char** argv) {
     if (pre->parsed()) return pretrain(o);
     if (steps->parsed()) return given_steps(o);
     if (share->parsed()) return loss_share(o);
-    if (pro->parsed())
-      return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return probe<decltype(n)::value>(o); });
-    return dca::dispatch_latents<1, 2, 4, 8, 16>(o.latents, [&](auto n) { return train_coprocessor<decltype(n)::value>(o); });
+    if (pro->parsed()) return probe(o);
+    return train_coprocessor(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\nchain_study: %s\n", e.what());
     return 1;

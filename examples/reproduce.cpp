@@ -15,7 +15,6 @@
 // dca/experiment/report.hpp; this program runs the plan. Every finished stage is kept in the
 // output directory (the decoder, each run's results), so an interrupted run continues where it
 // stopped; --fresh starts over.
-#include <dca/coproc/dispatch.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/report.hpp>
 #include <dca/experiment/reproduction.hpp>
@@ -43,11 +42,8 @@ using dca::index_t;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-// The counts the plan's profiles use; each is one instantiation of the coprocessor.
-template <class F>
-decltype(auto) with_latents(index_t latents, F&& f) {
-  return dca::dispatch_latents<1, 2, 4, 8, 16>(latents, std::forward<F>(f));
-}
+// Every run's coprocessor takes its latent count at run time: one instantiation for all of them.
+using RunCoprocessor = dca::Coprocessor<float, dca::dynamic_latents>;
 
 // What every run reads: the profile, the data and the frozen decoder.
 struct Context {
@@ -63,12 +59,12 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 
 // ---- runs (experiments 1-3) ----------------------------------------------------------------
 
-template <index_t NumLatents>
 dca::RunResult train_and_evaluate(const Context& c, const dca::PlannedRun& planned, const std::string& title) {
   dca::Decoder<float>& decoder = *c.decoder;
   dca::CoprocessorConfig config = planned.variant.config;
+  config.n_latents = planned.variant.latents;
   config.seed = planned.seed;
-  dca::Coprocessor<float, NumLatents> coprocessor(decoder, config);
+  RunCoprocessor coprocessor(decoder, config);
   dca::CoprocessorTrainerConfig run = c.profile.coprocessor;
   run.seed = planned.seed;
   dca::CoprocessorTrainer trainer(decoder, coprocessor, *c.mixture, run);
@@ -120,11 +116,10 @@ double median_ms(index_t repeats, F&& measure) {
 
 // After the prompt is in the cache (not timed): the coprocessor's latents and their insertion,
 // against decoding N_L greedy tokens one at a time.
-template <index_t NumLatents>
-dca::Timing time_augmentation(const Context& c, std::span<const index_t> prompt) {
+dca::Timing time_augmentation(const Context& c, std::span<const index_t> prompt, index_t n_latents) {
   dca::Decoder<float>& decoder = *c.decoder;
-  dca::Coprocessor<float, NumLatents> coprocessor(decoder, {.n_ahead = c.profile.n_ahead});
-  dca::KVCache<float> cache(decoder.config(), static_cast<index_t>(prompt.size()) + NumLatents);
+  RunCoprocessor coprocessor(decoder, {.n_latents = n_latents, .n_ahead = c.profile.n_ahead});
+  dca::KVCache<float> cache(decoder.config(), static_cast<index_t>(prompt.size()) + n_latents);
   dca::Tape<float> tape;
   dca::NoGradGuard<float> no_grad(tape);
   dca::GenerationConfig greedy;
@@ -140,7 +135,7 @@ dca::Timing time_augmentation(const Context& c, std::span<const index_t> prompt)
   };
   const auto milliseconds_since = [](Clock::time_point start) { return 1e3 * seconds_since(start); };
   dca::Timing t;
-  t.latents = NumLatents;
+  t.latents = n_latents;
   t.augment_ms = median_ms(c.profile.timing_repeats, [&] {
     prefill();
     const auto start = Clock::now();
@@ -151,15 +146,15 @@ dca::Timing time_augmentation(const Context& c, std::span<const index_t> prompt)
   t.decode_ms = median_ms(c.profile.timing_repeats, [&] {
     index_t token = prefill();
     const auto start = Clock::now();
-    for (index_t i = 0; i < NumLatents; ++i) {
+    for (index_t i = 0; i < n_latents; ++i) {
       const index_t one[] = {token};
       token = next_token(cache.append_tokens(tape, decoder, one));
     }
     return milliseconds_since(start);
   });
   const index_t context = static_cast<index_t>(prompt.size());
-  t.augment_flops = dca::augmentation_flops(decoder.config(), NumLatents, context);
-  t.decode_flops = dca::decoding_flops(decoder.config(), NumLatents, context);
+  t.augment_flops = dca::augmentation_flops(decoder.config(), n_latents, context);
+  t.decode_flops = dca::decoding_flops(decoder.config(), n_latents, context);
   return t;
 }
 
@@ -299,8 +294,7 @@ int main(int argc, char** argv) {
       std::snprintf(title, sizeof title, "run %zu/%zu: %s, N_L = %ld, seed %llu", i + 1, plan.size(),
                     run.variant.label.c_str(), static_cast<long>(run.variant.latents),
                     static_cast<unsigned long long>(run.seed));
-      done[run.id()] = with_latents(run.variant.latents,
-                                    [&](auto n) { return train_and_evaluate<decltype(n)::value>(c, run, title); });
+      done[run.id()] = train_and_evaluate(c, run, title);
       done[run.id()].save(file);
       fresh_work += done[run.id()].train_seconds + done[run.id()].eval_seconds;
     }
@@ -311,7 +305,7 @@ int main(int argc, char** argv) {
         c.text_batches.front().inputs.begin(),
         c.text_batches.front().inputs.begin() + std::min(p.timing_context, p.coprocessor.seq_len));
     for (const index_t nl : p.latent_counts)
-      res.timings.push_back(with_latents(nl, [&](auto n) { return time_augmentation<decltype(n)::value>(c, prompt); }));
+      res.timings.push_back(time_augmentation(c, prompt, nl));
     res.other_seconds = seconds_since(wall) - fresh_work;
 
     dca::write_tables_and_plots(p, res, c.out, c.out / "plots");

@@ -9,7 +9,6 @@
 //   ./build/examples/train_coprocessor --new-lr-mult 10 --curve-eval-every 50   # new parameters at 10×,
 //                                                              # held-out losses in the learning curve
 //   ./build/examples/train_coprocessor --help                  # every option
-#include <dca/coproc/dispatch.hpp>
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 
@@ -60,13 +59,16 @@ void print_table(const dca::AheadEvaluation& before, const dca::AheadEvaluation&
               after.mean_augmented(), 100.0 * (after.mean_augmented() / after.mean_baseline() - 1));
 }
 
-template <index_t NumLatents, dca::AheadObjective Objective>
-int run(const Options& o, Objective objective) {
+// The latent count is read at run time (dynamic_latents) and the objective is geometric, which
+// decay = 1 makes the paper's uniform mean, weight for weight: one instantiation serves every run.
+int run(const Options& o) {
   dca::set_num_threads(o.threads);
   const auto corpus = load_corpus(o);
   auto decoder = dca::load_hf_decoder<float>(o.decoder_dir);
   decoder.freeze();
-  dca::Coprocessor<float, NumLatents, Objective> coprocessor(decoder, o.coprocessor, objective);
+  dca::CoprocessorConfig config = o.coprocessor;
+  config.n_latents = o.latents;
+  dca::Coprocessor<float, dca::dynamic_latents, dca::GeometricAhead> coprocessor(decoder, config, {o.decay});
   std::filesystem::create_directories(o.out_dir);
   dca::CoprocessorTrainerConfig training = o.run;
   training.curve.directory = o.out_dir;
@@ -76,7 +78,7 @@ int run(const Options& o, Objective objective) {
   for (auto* p : coprocessor.parameters()) trainable += p->numel();
   std::printf("decoder %s (%ld parameters, frozen); coprocessor with N_L = %ld, N_A = %ld, K = %ld: %ld trainable "
               "parameters\n",
-              o.decoder_dir.c_str(), static_cast<long>(decoder.parameter_count()), static_cast<long>(NumLatents),
+              o.decoder_dir.c_str(), static_cast<long>(decoder.parameter_count()), static_cast<long>(o.latents),
               static_cast<long>(o.coprocessor.n_ahead), static_cast<long>(o.run.points_per_sequence),
               static_cast<long>(trainable));
   std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
@@ -102,12 +104,6 @@ int run(const Options& o, Objective objective) {
   return 0;
 }
 
-template <dca::AheadObjective Objective>
-int with_latents(const Options& o, Objective objective) {
-  return dca::dispatch_latents<1, 2, 4, 8, 16, 32>(o.latents,
-                                                   [&](auto n) { return run<decltype(n)::value>(o, objective); });
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,7 +117,7 @@ int main(int argc, char** argv) {
   app.add_option("--decoder", o.decoder_dir, "pretrained decoder (Hugging Face directory)")->capture_default_str();
   app.add_option("--out", o.out_dir, "run directory: the coprocessor checkpoint and the learning curve")
       ->capture_default_str();
-  app.add_option("--latents", o.latents, "N_L latents: 1, 2, 4, 8, 16 or 32")->capture_default_str();
+  app.add_option("--latents", o.latents, "N_L latents per insertion")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")->capture_default_str();
   app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
   app.add_option("--decay", o.decay, "ahead-token loss weights ∝ decay^(n−1) (GeometricAhead); 1: uniform mean")
@@ -177,8 +173,7 @@ int main(int argc, char** argv) {
     if (app.count("--warmup") == 0)
       o.run.optimization.warmup_steps = std::min(o.run.optimization.warmup_steps, o.run.optimization.total_steps / 10);
     if (!(o.decay > 0 && o.decay <= 1)) throw dca::UsageError("--decay must lie in (0, 1]");
-    if (o.decay == 1.0) return with_latents(o, dca::UniformAhead{});
-    return with_latents(o, dca::GeometricAhead{o.decay});
+    return run(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\ntrain_coprocessor: %s\n", e.what());
     return 1;

@@ -83,6 +83,49 @@ TEST_CASE("structured training equals the paper's dense masked sequence, loss an
   }
 }
 
+TEST_CASE("a coprocessor given its latent count at run time computes what one with the count in its type computes") {
+  for (const auto& config : presets()) {
+    CAPTURE(config.architecture);
+    dca::Decoder<double> decoder(config, 1);
+    decoder.freeze();
+    const auto ids = tokens(2 * 12, 3);
+    const auto plan = dca::AugmentationPlan::given(2, 12, 3, {1, 6, 4, 8});
+    CoprocessorConfig c;
+    c.n_ahead = 3;
+    c.seed = 5;
+    Cop<3> fixed(decoder, c);
+    c.n_latents = 3;
+    Cop<dca::dynamic_latents> dynamic(decoder, c);
+    CHECK(fixed.n_latents() == 3);
+    CHECK(dynamic.n_latents() == 3);
+    const auto projection = dca::test::random_tensor(dca::Shape{config.hidden_size, config.hidden_size}, 9, -0.3, 0.3);
+    fixed.parameters()[fixed.parameters().size() - 2]->value() = projection;
+    dynamic.parameters()[dynamic.parameters().size() - 2]->value() = projection;
+    dca::Tape<double> fixed_tape, dynamic_tape;
+    const auto a = fixed.loss(fixed_tape, decoder, ids, plan), b = dynamic.loss(dynamic_tape, decoder, ids, plan);
+    fixed_tape.backward(a.loss);
+    dynamic_tape.backward(b.loss);
+    CHECK(a.loss.item() == b.loss.item());
+    CHECK(a.per_position == b.per_position);
+    const auto ga = gradients(fixed), gb = gradients(dynamic);
+    REQUIRE(ga.size() == gb.size());
+    for (std::size_t i = 0; i < ga.size(); ++i) CHECK(dca::test::max_abs_difference(ga[i], gb[i]) == 0.0);
+    check_structured_equals_dense(dynamic, decoder, ids, plan);
+  }
+}
+
+TEST_CASE("a run-time latent count must be given, and a count in the type cannot be contradicted") {
+  dca::Decoder<double> decoder(presets()[0], 1);
+  CHECK_THROWS_WITH_AS(Cop<dca::dynamic_latents>(decoder, CoprocessorConfig{}),
+                       doctest::Contains("CoprocessorConfig::n_latents = 0"), dca::RangeError);
+  CHECK_THROWS_WITH_AS(Cop<2>(decoder, CoprocessorConfig{.n_latents = 3}),
+                       doctest::Contains("n_latents = 3 differs from the type's 2 latents"), dca::RangeError);
+  CHECK_THROWS_WITH_AS(Cop<2>(decoder, CoprocessorConfig{.n_latents = -1}), doctest::Contains("n_latents must be ≥ 0"),
+                       dca::RangeError);
+  CHECK(Cop<2>(decoder, CoprocessorConfig{.n_latents = 2}).n_latents() == 2);
+  CHECK(Cop<dca::dynamic_latents>(decoder, CoprocessorConfig{.n_latents = 5}).soft_tokens().value().rows() == 5);
+}
+
 TEST_CASE("structured equals dense for every latent form, position policy and soft-token rule") {
   const auto config = presets()[2];
   dca::Decoder<double> decoder(config, 4);

@@ -33,6 +33,8 @@ enum class LatentSource {
 };
 
 struct CoprocessorConfig {
+  index_t n_latents = 0;                    // N_L for Coprocessor<T, dynamic_latents> (≥ 1); 0 where the
+                                            // type fixes it (the coprocessor then reports the type's)
   index_t n_ahead = 16;                     // N_A: ahead tokens predicted after the latents (paper: 16)
   LatentForm latent_form = LatentForm::residual;
   LatentPositions positions = LatentPositions::at_insertion_point;  // decoder-side positions of latents
@@ -56,6 +58,7 @@ struct CoprocessorConfig {
                                             // latents can tell the frozen decoder. 0: the method
 
   void validate() const {
+    if (n_latents < 0) detail::fail<RangeError>("CoprocessorConfig: n_latents must be ≥ 0, got ", n_latents);
     if (n_ahead < 1) detail::fail<RangeError>("CoprocessorConfig: n_ahead must be ≥ 1, got ", n_ahead);
     if (lora_rank < 0) detail::fail<RangeError>("CoprocessorConfig: lora_rank must be ≥ 0, got ", lora_rank);
     if (!(soft_token_std >= 0)) detail::fail<RangeError>("CoprocessorConfig: soft_token_std must be ≥ 0, got ", soft_token_std);

@@ -67,16 +67,23 @@ struct SoftTokenMasks {
   std::span<const std::uint8_t> window_mask;  // the same with the sliding window folded in
 };
 
+/// The latent count of a coprocessor that takes it at run time, from CoprocessorConfig::n_latents
+/// (as Eigen's Dynamic): one instantiation serves every count, so a program that reads N_L from its
+/// command line compiles the coprocessor once instead of once per count (coproc/dispatch.hpp).
+inline constexpr index_t dynamic_latents = 0;
+
+/// A coprocessor writing NumLatents latents, or CoprocessorConfig::n_latents of them for
+/// NumLatents = dynamic_latents; trained with the ahead-token objective `Objective`.
 template <Scalar T, index_t NumLatents, AheadObjective Objective = UniformAhead>
 class Coprocessor {
-  static_assert(NumLatents >= 1, "a coprocessor writes at least one latent");
+  static_assert(NumLatents >= 1 || NumLatents == dynamic_latents,
+                "a coprocessor writes at least one latent (or dynamic_latents: as many as its config says)");
 
  public:
-  static constexpr index_t n_latents = NumLatents;
 
   /// A coprocessor for `decoder`: same architecture, initialised from its weights (or randomly).
   Coprocessor(const Decoder<T>& decoder, CoprocessorConfig config = {}, Objective objective = {})
-      : config_(validated(config)), objective_(std::move(objective)), model_(decoder) {
+      : config_(with_latent_count(config)), objective_(std::move(objective)), model_(decoder) {
     if (!config_.init_from_decoder) model_.init(config_.seed + 1);
     model_.unfreeze();
     if (config_.lora_rank > 0)
@@ -85,7 +92,7 @@ class Coprocessor {
                       config_.seed + 2);
     const index_t d = decoder.config().hidden_size;
     Rng rng(config_.seed);
-    Tensor<T> soft(Shape{NumLatents, d});
+    Tensor<T> soft(Shape{n_latents(), d});
     for (index_t i = 0; i < soft.numel(); ++i) soft[i] = static_cast<T>(config_.soft_token_std * rng.normal());
     soft_tokens_ = Parameter<T>("coprocessor.soft_tokens", std::move(soft));
     if (config_.latent_form == LatentForm::residual || config_.latent_form == LatentForm::token_mixture)
@@ -97,13 +104,15 @@ class Coprocessor {
   }
 
   const CoprocessorConfig& config() const { return config_; }
+  /// N_L: the latents written per insertion.
+  index_t n_latents() const { return config_.n_latents; }
 
   /// Changes the horizon N_A of the loss, e.g. to evaluate a coprocessor trained with N_A = 16 on
   /// the n-th token for n up to 32 (paper, Table 1). No weight depends on N_A.
   void set_n_ahead(index_t n_ahead) {
     CoprocessorConfig changed = config_;
     changed.n_ahead = n_ahead;
-    config_ = validated(changed);
+    config_ = with_latent_count(changed);
   }
   Decoder<T>& model() { return model_; }
   Parameter<T>& soft_tokens() { return soft_tokens_; }
@@ -156,7 +165,7 @@ class Coprocessor {
           "Coprocessor::latents: a last-layer coprocessor reads activations a cache does not keep; "
           "pass the tokens instead");
     const auto queries =
-        LatentQueries::after(NumLatents, prefix.size(), prefix.position(prefix.size() - 1), insertion_token);
+        LatentQueries::after(n_latents(), prefix.size(), prefix.position(prefix.size() - 1), insertion_token);
     return latents(tape, decoder, prefix.layers(), queries, {});
   }
 
@@ -168,7 +177,7 @@ class Coprocessor {
     if (tokens.empty()) detail::fail<UsageError>("Coprocessor::latents: no tokens to read");
     const auto n = static_cast<index_t>(tokens.size());
     const TokenPass<T> read = read_tokens(tape, decoder, tokens, 1);
-    return latents(tape, decoder, read.cache, LatentQueries::after(NumLatents, n, n - 1, tokens.back()), read.residual);
+    return latents(tape, decoder, read.cache, LatentQueries::after(n_latents(), n, n - 1, tokens.back()), read.residual);
   }
 
   /// Step 2 of the loss, and what both inference forms run: the latents z [G·N_L, d] of `queries`
@@ -219,7 +228,7 @@ class Coprocessor {
     check_decoder(decoder, true);
     check_plan(ids, plan);
     const AugmentationLayout layout =
-        AugmentationLayout::of(plan, ids, NumLatents, config_.positions, config_.oracle_lookahead);
+        AugmentationLayout::of(plan, ids, n_latents(), config_.positions, config_.oracle_lookahead);
     const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch, config_.gated);  // 1.
     if (!config_.gated) {
       const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
@@ -275,7 +284,7 @@ class Coprocessor {
     const Var<T> tokens = decoder.embed(tape, ahead_ids);
     std::vector<Var<T>> parts;
     for (index_t g = 0; g < groups; ++g) {
-      parts.push_back(slice_rows(z, g * NumLatents, NumLatents));
+      parts.push_back(slice_rows(z, g * n_latents(), n_latents()));
       parts.push_back(slice_rows(tokens, g * inputs, inputs));
     }
     return concat_rows(std::span<const Var<T>>(parts));
@@ -330,8 +339,20 @@ class Coprocessor {
   }
 
  private:
-  static CoprocessorConfig validated(const CoprocessorConfig& config) {
+  // The config with n_latents set: the type's count, which the config may repeat, or the config's
+  // own for dynamic_latents.
+  static CoprocessorConfig with_latent_count(CoprocessorConfig config) {
     config.validate();
+    if constexpr (NumLatents == dynamic_latents) {
+      if (config.n_latents < 1)
+        detail::fail<RangeError>("Coprocessor<T, dynamic_latents>: CoprocessorConfig::n_latents = ", config.n_latents,
+                                 "; a coprocessor with a run-time latent count needs it ≥ 1");
+    } else {
+      if (config.n_latents != 0 && config.n_latents != NumLatents)
+        detail::fail<RangeError>("Coprocessor<T, ", NumLatents, ">: CoprocessorConfig::n_latents = ", config.n_latents,
+                                 " differs from the type's ", NumLatents, " latents (leave it 0)");
+      config.n_latents = NumLatents;
+    }
     return config;
   }
 
@@ -350,7 +371,7 @@ class Coprocessor {
     }
     if (config_.latent_form != LatentForm::residual) return h;
     std::vector<index_t> bases;
-    for (const index_t token : queries.tokens) bases.insert(bases.end(), NumLatents, token);
+    for (const index_t token : queries.tokens) bases.insert(bases.end(), n_latents(), token);
     return add(decoder.embed(tape, bases), linear(h, tape.param(projection_)));
   }
 
@@ -403,13 +424,13 @@ class Coprocessor {
     index_t row = 0;
     for (index_t g = 0; g < queries.size(); ++g) {
       const AttentionGroup& group = queries.groups[static_cast<std::size_t>(g)];
-      const index_t n = group.cache_count + NumLatents;
+      const index_t n = group.cache_count + n_latents();
       parts.push_back(slice_rows(activations, group.cache_begin, group.cache_count));
-      parts.push_back(slice_rows(soft, g * NumLatents, NumLatents));
+      parts.push_back(slice_rows(soft, g * n_latents(), n_latents()));
       sequence_groups.push_back({row, n, row, n, 0, 0});
       for (index_t i = 0; i < group.cache_count; ++i) positions.push_back(i);
-      for (index_t i = 0; i < NumLatents; ++i)
-        positions.push_back(queries.soft_positions[static_cast<std::size_t>(g * NumLatents + i)]);
+      for (index_t i = 0; i < n_latents(); ++i)
+        positions.push_back(queries.soft_positions[static_cast<std::size_t>(g * n_latents() + i)]);
       row += n;
     }
     DecoderInput<T> in;
@@ -421,7 +442,7 @@ class Coprocessor {
     const Var<T> h = normed ? out.hidden : out.residual;
     std::vector<Var<T>> latent_rows;
     for (const AttentionGroup& g : sequence_groups)
-      latent_rows.push_back(slice_rows(h, g.q_begin + g.q_count - NumLatents, NumLatents));
+      latent_rows.push_back(slice_rows(h, g.q_begin + g.q_count - n_latents(), n_latents()));
     return concat_rows(std::span<const Var<T>>(latent_rows));
   }
 
@@ -473,8 +494,8 @@ class Coprocessor {
 
   // The gate's logit of every group, w·h + b at its last soft token: [G, 1] from h [G·N_L, d].
   Var<T> gate_logits(Tape<T>& tape, const Var<T>& h) {
-    std::vector<index_t> last(static_cast<std::size_t>(h.rows() / NumLatents));
-    for (std::size_t g = 0; g < last.size(); ++g) last[g] = static_cast<index_t>(g + 1) * NumLatents - 1;
+    std::vector<index_t> last(static_cast<std::size_t>(h.rows() / n_latents()));
+    for (std::size_t g = 0; g < last.size(); ++g) last[g] = static_cast<index_t>(g + 1) * n_latents() - 1;
     return linear(embedding(h, std::span<const index_t>(last)), tape.param(gate_weight_), tape.param(gate_bias_));
   }
 

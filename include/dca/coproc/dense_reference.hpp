@@ -48,8 +48,9 @@ AugmentedLoss<T> dense_reference_loss(Coprocessor<T, NumLatents, Objective>& cop
   if (coprocessor.config().input != CoprocessorInput::kv_cache)
     detail::fail<UsageError>("dense_reference_loss: implemented for the kv_cache input only");
   const index_t lookahead = coprocessor.config().oracle_lookahead;  // an oracle's prefix runs past t
-  const AugmentationLayout layout = AugmentationLayout::of(plan, ids, NumLatents, coprocessor.config().positions, lookahead);
-  const index_t T_ = plan.seq_len, K = plan.points_per_sequence, R = layout.rows_per_group(), S = K * NumLatents;
+  const index_t n_latents = coprocessor.n_latents();
+  const AugmentationLayout layout = AugmentationLayout::of(plan, ids, n_latents, coprocessor.config().positions, lookahead);
+  const index_t T_ = plan.seq_len, K = plan.points_per_sequence, R = layout.rows_per_group(), S = K * n_latents;
   const index_t window = decoder.config().sliding_window;
   std::vector<Var<T>> all_logits;
   for (index_t b = 0; b < plan.batch; ++b) {
@@ -61,17 +62,17 @@ AugmentedLoss<T> dense_reference_loss(Coprocessor<T, NumLatents, Objective>& cop
     // block, group j seeing cache 0..t_j and its own soft tokens.
     const auto tokens = Coprocessor<T, NumLatents, Objective>::read_tokens(tape, decoder, seq, 1);
     const std::span<const index_t> token_positions = tokens.cache.front().positions;  // 0..T−1
-    LatentQueries queries{NumLatents, {}, {}, {}, {}};
+    LatentQueries queries{n_latents, {}, {}, {}, {}};
     std::vector<std::uint8_t> soft_mask(static_cast<std::size_t>(S * (T_ + S)), 0);
     for (index_t j = 0; j < K; ++j) {
       const index_t t = plan.point(b, j);
       queries.add(0, t + 1 + lookahead, t, seq[static_cast<std::size_t>(t)]);
-      for (index_t i = 0; i < NumLatents; ++i) {
-        const index_t q = j * NumLatents + i;
+      for (index_t i = 0; i < n_latents; ++i) {
+        const index_t q = j * n_latents + i;
         for (index_t c = 0; c <= t + lookahead; ++c) soft_mask[static_cast<std::size_t>(q * (T_ + S) + c)] = 1;
-        const index_t last = coprocessor.config().soft_token_rule == AttentionRule::causal ? i : NumLatents - 1;
+        const index_t last = coprocessor.config().soft_token_rule == AttentionRule::causal ? i : n_latents - 1;
         for (index_t i2 = 0; i2 <= last; ++i2)
-          soft_mask[static_cast<std::size_t>(q * (T_ + S) + T_ + j * NumLatents + i2)] = 1;
+          soft_mask[static_cast<std::size_t>(q * (T_ + S) + T_ + j * n_latents + i2)] = 1;
       }
     }
     const auto soft_window_mask =

@@ -112,7 +112,8 @@ class AugmentedSession {
     // A last-layer coprocessor reads activations the cache does not keep: it recomputes them over
     // the tokens in the cache (earlier latents are not among them).
     const bool from_tokens = coprocessor_->config().input == CoprocessorInput::last_layer;
-    const auto token_slots = std::min(tokens_.size(), static_cast<std::size_t>(cache_.size()) - NumLatents * out.insertions.size());
+    const auto latent_slots = static_cast<std::size_t>(coprocessor_->n_latents()) * out.insertions.size();
+    const auto token_slots = std::min(tokens_.size(), static_cast<std::size_t>(cache_.size()) - latent_slots);
     std::vector<index_t> tokens = from_tokens ? std::vector<index_t>(tokens_.begin(), tokens_.begin() + token_slots)
                                               : std::vector<index_t>{};
     const auto compute = [this, prefix, token, tokens = std::move(tokens)](Tape<T>& on) {
@@ -148,7 +149,7 @@ class AugmentedSession {
   // now follow (Coprocessor::rebase_latents).
   std::span<const T> insert(Tape<T>& tape, const Tensor<T>& z, index_t base_token, std::span<const T> logits, index_t generated,
                             AugmentedGeneration& out) {
-    if (cache_.size() + NumLatents > cache_.capacity()) {
+    if (cache_.size() + coprocessor_->n_latents() > cache_.capacity()) {
       ++out.skipped;
       return logits;
     }

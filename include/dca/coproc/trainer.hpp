@@ -120,7 +120,7 @@ class CoprocessorTrainer {
   void save_checkpoint(const std::filesystem::path& path) const {
     loop_.save_checkpoint(path, {{"sampler", sampler_.state()},
                                  {"points", points_rng_.state()},
-                                 {"latents", std::to_string(NumLatents)},
+                                 {"latents", std::to_string(coprocessor_.n_latents())},
                                  {"n_ahead", std::to_string(coprocessor_.config().n_ahead)}});
   }
 
@@ -128,10 +128,10 @@ class CoprocessorTrainer {
   void load_checkpoint(const std::filesystem::path& path) {
     const std::string required[] = {"sampler", "points", "latents", "n_ahead"};
     const auto metadata = loop_.load_checkpoint(path, required, [&](const auto& meta) {
-      if (meta.at("latents") != std::to_string(NumLatents) ||
+      if (meta.at("latents") != std::to_string(coprocessor_.n_latents()) ||
           meta.at("n_ahead") != std::to_string(coprocessor_.config().n_ahead))
         detail::fail<FormatError>(path.string(), ": a checkpoint of a coprocessor with ", meta.at("latents"),
-                                  " latents and N_A = ", meta.at("n_ahead"), ", not ", NumLatents, " and ",
+                                  " latents and N_A = ", meta.at("n_ahead"), ", not ", coprocessor_.n_latents(), " and ",
                                   coprocessor_.config().n_ahead);
       Rng(0).set_state(meta.at("sampler"));  // validates the texts before anything changes
       Rng(0).set_state(meta.at("points"));

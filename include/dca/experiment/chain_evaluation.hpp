@@ -208,7 +208,8 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
     tape.reset();
     NoGradGuard<T> no_grad(tape);
     const AugmentationPlan plan = AugmentationPlan::given(b.batch, b.seq_len, 1, b.prompt_ends);
-    const AugmentationLayout layout = AugmentationLayout::of(plan, b.ids, NumLatents, coprocessor.config().positions,
+    const index_t n_latents = coprocessor.n_latents();
+    const AugmentationLayout layout = AugmentationLayout::of(plan, b.ids, n_latents, coprocessor.config().positions,
                                                              coprocessor.config().oracle_lookahead);
     const bool gated = coprocessor.config().gated;
     const TokenPass<T> tokens = coprocessor.read_tokens(tape, decoder, b.ids, b.batch, gated);
@@ -220,7 +221,7 @@ std::vector<index_t> chain_answers_augmented(Decoder<T>& decoder, Coprocessor<T,
     Var<T> z = read.latents;
     if (control == LatentControl::shuffled)  // group g reads group g+1's latents, the last the first's
       z = concat_rows(std::span<const Var<T>>(std::vector<Var<T>>{
-          slice_rows(z, NumLatents, (b.batch - 1) * NumLatents), slice_rows(z, 0, NumLatents)}));
+          slice_rows(z, n_latents, (b.batch - 1) * n_latents), slice_rows(z, 0, n_latents)}));
     DecoderInput<T> in;
     in.embeddings = z;  // N_A = 1: the latents alone, the last predicting the answer
     in.positions = layout.ahead_positions;

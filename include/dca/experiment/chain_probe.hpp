@@ -55,7 +55,7 @@ Var<T> chain_written_logits(Tape<T>& tape, Decoder<T>& decoder, Coprocessor<T, N
                             const ChainBatch& b) {
   const AugmentationPlan plan = AugmentationPlan::given(b.batch, b.seq_len, 1, b.prompt_ends);
   const AugmentationLayout layout =
-      AugmentationLayout::of(plan, b.ids, NumLatents, coprocessor.config().positions, 0);
+      AugmentationLayout::of(plan, b.ids, coprocessor.n_latents(), coprocessor.config().positions, 0);
   const TokenPass<T> tokens = coprocessor.read_tokens(tape, decoder, b.ids, b.batch);
   return coprocessor.written_logits(tape, tokens.cache, layout.latents, tokens.residual);
 }
@@ -81,7 +81,7 @@ ChainStepLoss<T> chain_step_loss(Tape<T>& tape, Decoder<T>& decoder, Coprocessor
                                  const std::string& context, std::span<const ChainProgram> programs, index_t steps) {
   coprocessor.check_decoder(decoder, true);
   if (programs.empty()) detail::fail<RangeError>("chain_step_loss: no programs");
-  const std::vector<index_t> targets = detail::chain_batch_targets(programs, NumLatents, steps);
+  const std::vector<index_t> targets = detail::chain_batch_targets(programs, coprocessor.n_latents(), steps);
   ChainStepLoss<T> out;
   out.slots = static_cast<index_t>(std::count_if(targets.begin(), targets.end(), [](index_t t) { return t >= 0; }));
   if (out.slots == 0)
@@ -105,18 +105,19 @@ ArithmeticScore score_chain_steps(Decoder<T>& decoder, Coprocessor<T, NumLatents
                                   index_t batch = 32) {
   ArithmeticScore score;
   Tape<T> tape;
+  const index_t n_latents = coprocessor.n_latents();
   std::size_t first = 0;
   for (const detail::ChainBatch& b : detail::chain_batches(context, programs, batch)) {
     const auto these = programs.subspan(first, static_cast<std::size_t>(b.batch));
     first += these.size();
-    const std::vector<index_t> targets = detail::chain_batch_targets(these, NumLatents, steps);
+    const std::vector<index_t> targets = detail::chain_batch_targets(these, n_latents, steps);
     tape.reset();
     NoGradGuard<T> no_grad(tape);
     const Var<T> logits = detail::chain_written_logits(tape, decoder, coprocessor, b);
     for (index_t i = 0; i < b.batch; ++i) {
       bool all = true, any = false;
-      for (index_t s = 0; s < NumLatents; ++s) {
-        const index_t row = i * NumLatents + s, target = targets[static_cast<std::size_t>(row)];
+      for (index_t s = 0; s < n_latents; ++s) {
+        const index_t row = i * n_latents + s, target = targets[static_cast<std::size_t>(row)];
         if (target < 0) continue;
         any = true;
         all = all && detail::argmax_row<T>(logits.value(), row) == target;

@@ -90,7 +90,7 @@ ArithmeticScore score_arithmetic(Decoder<T>& decoder, Coprocessor<T, NumLatents,
                                  const AugmentationSchedule& schedule, index_t shots = 4) {
   std::optional<AugmentedSession<T, NumLatents, Objective>> session;
   return detail::score_greedy(
-      config, problems, shots, NumLatents,
+      config, problems, shots, coprocessor.n_latents(),
       [&](const std::vector<index_t>& prompt, const GenerationConfig& greedy, index_t capacity) {
         if (!session) session.emplace(decoder, &coprocessor, capacity);
         return session->generate(prompt, greedy, schedule).result.tokens;
