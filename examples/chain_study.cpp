@@ -16,14 +16,17 @@
 //
 // Each evaluation prints, per hop count, the frozen decoder's bare answer, its answer when it
 // writes the worked steps (the upper bound), and for coprocessors the augmented answer and the
-// shuffled-latent control, and appends them to hops.csv in the run directory. Both stages save a
-// checkpoint at every evaluation and continue from it when started again with the same options.
+// shuffled-latent control, and appends them to hops.csv in the run directory. Every training stage
+// saves a checkpoint every --checkpoint-every steps and continues from it bit-identically with
+// --resume (the same options otherwise); --stop-at ends a stage early on purpose. The progress line
+// shows the latest evaluation's gain over the frozen decoder.
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/chain_evaluation.hpp>
 #include <dca/experiment/chain_probe.hpp>
 
 #include "progress.hpp"
+#include "run_control.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -56,6 +59,7 @@ struct Options {
   index_t shots = 2;       // training lines before every prompt
   index_t eval_every = 500;
   int threads = 2;
+  examples::RunControl control{.checkpoint_every = 250};
   // pretrain
   std::string decoder_dir = "runs/chains/decoder";
   std::string teacher_dir;  // loss-share and coprocessor --points-by-gain: a deeper decoder of the same mixture
@@ -126,6 +130,21 @@ void append_rows(const fs::path& file, index_t step, const std::vector<HopRow>& 
     out << step << ',' << r.hops << ',' << r.direct << ',' << r.worked << ',' << r.augmented << ',' << r.shuffled << ','
         << text_change << '\n';
   if (!out) throw dca::IoError("cannot append to " + file.string());
+}
+
+// The progress line's note on the latest evaluation: the mean over hop counts of the augmented
+// answers' gain over the frozen decoder's, or of the frozen decoder's accuracy when no coprocessor runs.
+std::string held_out_summary(index_t step, const std::vector<HopRow>& rows) {
+  double sum = 0;
+  bool augmented = false;
+  for (const HopRow& r : rows) {
+    augmented = r.augmented >= 0;
+    sum += augmented ? r.augmented - r.direct : r.direct;
+  }
+  char text[96];
+  std::snprintf(text, sizeof text, augmented ? "held-out %+.1f points vs frozen (step %ld)" : "held-out %.1f%% (step %ld)",
+                100 * sum / static_cast<double>(rows.size()), static_cast<long>(step));
+  return text;
 }
 
 std::vector<HopRow> frozen_rows(dca::Decoder<float>& decoder, const Options& o, bool worked) {
@@ -229,9 +248,10 @@ int pretrain(const Options& o) {
       dca::DecoderConfig::llama({.vocab = 256, .dim = o.dim, .layers = o.layers, .heads = o.dim / 32, .mlp = 3 * o.dim}),
       o.pretrain.seed);
   dca::Trainer<float> trainer(decoder, corpus, o.pretrain);
-  const fs::path checkpoint = fs::path(o.decoder_dir) / "checkpoint.safetensors";
-  if (fs::exists(checkpoint)) {
+  const fs::path checkpoint = o.control.checkpoint_in(o.decoder_dir), hops = fs::path(o.decoder_dir) / "hops.csv";
+  if (o.control.resume) {
     trainer.load_checkpoint(checkpoint);
+    examples::keep_rows_through(hops, trainer.step_count());
     std::printf("resumed at step %ld\n", static_cast<long>(trainer.step_count()));
   }
   std::printf("pretraining %ld layers, d = %ld on text + chains (1..%ld hops, %ld distractors): %ld steps of %ld×%ld\n",
@@ -240,21 +260,26 @@ int pretrain(const Options& o) {
               static_cast<long>(o.pretrain.batch_size), static_cast<long>(o.pretrain.seq_len));
   const auto start = Clock::now();
   const index_t first = trainer.step_count(), total = o.pretrain.optimization.total_steps;
-  while (trainer.step_count() < total) {
+  const index_t last = o.control.last_step(first, total);
+  std::string held_out;
+  while (trainer.step_count() < last) {
     const double loss = trainer.step();
+    const index_t step = trainer.step_count();
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    const double rate = static_cast<double>(trainer.step_count() - first) / seconds;
-    examples::draw_progress(trainer.step_count(), total, loss, rate * static_cast<double>(o.pretrain.batch_size * o.pretrain.seq_len),
-                            "tok", static_cast<double>(total - trainer.step_count()) / rate);
-    if (trainer.step_count() % o.eval_every == 0 || trainer.step_count() == total) {
-      const bool last = trainer.step_count() == total;
+    const double rate = static_cast<double>(step - first) / seconds;
+    examples::draw_progress(step, total, loss, rate * static_cast<double>(o.pretrain.batch_size * o.pretrain.seq_len),
+                            "tok", static_cast<double>(total - step) / rate, held_out);
+    if (step % o.eval_every == 0 || step == total) {
       const auto rows = frozen_rows(decoder, o, true);
-      print_rows(trainer.step_count(), rows, std::nan(""));
-      append_rows(fs::path(o.decoder_dir) / "hops.csv", trainer.step_count(), rows, std::nan(""));
+      print_rows(step, rows, std::nan(""));
+      append_rows(hops, step, rows, std::nan(""));
+      held_out = held_out_summary(step, rows);
       dca::save_hf_decoder(decoder, fs::path(o.decoder_dir) / "model");
-      if (!last) trainer.save_checkpoint(checkpoint);
     }
+    if (o.control.checkpoint_due(step, last)) trainer.save_checkpoint(checkpoint);
   }
+  if (trainer.step_count() < total)
+    std::printf("\nstopped at step %ld; continue with --resume\n", static_cast<long>(trainer.step_count()));
   return 0;
 }
 
@@ -301,16 +326,17 @@ int train_coprocessor(const Options& o) {
       return gain;
     };
   }
-  if (!o.init.empty() && !fs::exists(fs::path(out) / "checkpoint.safetensors")) {
+  const fs::path checkpoint = o.control.checkpoint_in(out), hops = fs::path(out) / "hops.csv";
+  if (!o.init.empty() && !o.control.resume) {
     // Only the weights: a throwaway loop of the same groups takes the probe's optimizer state.
     dca::TrainingLoop<float> probe_loop(coprocessor.parameter_groups(run.new_lr_multiplier), run.optimization);
     probe_loop.load_checkpoint(o.init, {}, [](const auto&) {});
     std::printf("coprocessor weights from %s (step %ld)\n", o.init.c_str(), static_cast<long>(probe_loop.step_count()));
   }
   dca::CoprocessorTrainer trainer(decoder, coprocessor, corpus, run);
-  const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
-  if (fs::exists(checkpoint)) {
+  if (o.control.resume) {
     trainer.load_checkpoint(checkpoint);
+    examples::keep_rows_through(hops, trainer.step_count());
     std::printf("resumed at step %ld\n", static_cast<long>(trainer.step_count()));
   }
   const std::string context = dca::chain_context(o.task, o.shots);
@@ -331,7 +357,8 @@ int train_coprocessor(const Options& o) {
       text_change = 100.0 * (std::exp(table.augmented[0] - table.baseline[0]) - 1.0);
     }
     print_rows(step, rows, text_change);
-    append_rows(fs::path(out) / "hops.csv", step, rows, text_change);
+    append_rows(hops, step, rows, text_change);
+    return held_out_summary(step, rows);
   };
   std::printf("coprocessor N_L = %ld, N_A = %ld, K = %ld%s, %s positions, %s%s latents from the %s, oracle lookahead "
               "%ld: %ld steps\n",
@@ -339,20 +366,21 @@ int train_coprocessor(const Options& o) {
               o.prefer_answers ? " (answers first)" : teacher ? " (by a teacher's gain)" : "", o.positions.c_str(), c.gated ? "gated " : "",
               o.latent_form.c_str(), o.source.c_str(),
               static_cast<long>(c.oracle_lookahead), static_cast<long>(o.run.optimization.total_steps));
-  if (trainer.step_count() == 0) evaluate(0);
+  std::string held_out;
+  if (trainer.step_count() == 0) held_out = evaluate(0);
   const auto start = Clock::now();
   const index_t first = trainer.step_count(), total = o.run.optimization.total_steps;
-  while (trainer.step_count() < total) {
+  const index_t last = o.control.last_step(first, total);
+  while (trainer.step_count() < last) {
     const double loss = trainer.step();
-    const double rate =
-        static_cast<double>(trainer.step_count() - first) / std::chrono::duration<double>(Clock::now() - start).count();
-    examples::draw_progress(trainer.step_count(), total, loss, rate, "steps",
-                            static_cast<double>(total - trainer.step_count()) / rate);
-    if (trainer.step_count() % o.eval_every == 0 || trainer.step_count() == total) {
-      evaluate(trainer.step_count());
-      trainer.save_checkpoint(checkpoint);
-    }
+    const index_t step = trainer.step_count();
+    const double rate = static_cast<double>(step - first) / std::chrono::duration<double>(Clock::now() - start).count();
+    examples::draw_progress(step, total, loss, rate, "steps", static_cast<double>(total - step) / rate, held_out);
+    if (step % o.eval_every == 0 || step == total) held_out = evaluate(step);
+    if (o.control.checkpoint_due(step, last)) trainer.save_checkpoint(checkpoint);
   }
+  if (trainer.step_count() < total)
+    std::printf("\nstopped at step %ld; continue with --resume\n", static_cast<long>(trainer.step_count()));
   return 0;
 }
 
@@ -367,9 +395,10 @@ int probe(const Options& o) {
   c.latent_form = dca::LatentForm::token_mixture;
   dca::Coprocessor<float, dca::dynamic_latents> coprocessor(decoder, c);
   dca::TrainingLoop<float> loop(coprocessor.parameter_groups(o.run.new_lr_multiplier), o.run.optimization);
-  const fs::path checkpoint = fs::path(out) / "checkpoint.safetensors";
-  if (fs::exists(checkpoint)) {
+  const fs::path checkpoint = o.control.checkpoint_in(out), csv = fs::path(out) / "probe.csv";
+  if (o.control.resume) {
     loop.load_checkpoint(checkpoint, {}, [](const auto&) {});
+    examples::keep_rows_through(csv, loop.step_count());
     std::printf("resumed at step %ld\n", static_cast<long>(loop.step_count()));
   }
   const std::string context = dca::chain_context(o.task, o.shots);
@@ -377,11 +406,11 @@ int probe(const Options& o) {
   const auto evaluate = [&](index_t step) {
     std::printf("\nstep %ld, held-out programs (%% correct):\n%5s %8s %8s %10s %9s\n", static_cast<long>(step), "hops",
                 "direct", "written", "augmented", "shuffled");
-    const fs::path csv = fs::path(out) / "probe.csv";
+    std::vector<HopRow> rows = frozen;
     const bool fresh = !fs::exists(csv);
     std::ofstream file(csv, std::ios::app);
     if (fresh) file << "step,hops,direct,written,augmented,shuffled\n";
-    for (const HopRow& r : frozen) {
+    for (HopRow& r : rows) {
       const auto programs = dca::held_out_chains(o.task, r.hops, o.programs);
       const double written =
           r.hops > 1 && o.probe_steps > 0 ? dca::score_chain_steps(decoder, coprocessor, context, programs, o.probe_steps).accuracy() : -1;
@@ -392,18 +421,22 @@ int probe(const Options& o) {
       written < 0 ? std::printf(" %8s", "-") : std::printf(" %8.1f", 100 * written);
       std::printf(" %10.1f %9.1f\n", 100 * own, 100 * shuffled);
       file << step << ',' << r.hops << ',' << r.direct << ',' << written << ',' << own << ',' << shuffled << '\n';
+      r.augmented = own;
     }
     if (!file) throw dca::IoError("cannot append to " + csv.string());
     std::fflush(stdout);
+    return held_out_summary(step, rows);
   };
   std::printf("probe N_L = %ld, %s positions: token-mixture latents trained to write the first %ld worked step(s) "
               "after the bare prompt, %ld steps of %ld programs\n",
               static_cast<long>(o.latents), o.positions.c_str(), static_cast<long>(o.probe_steps),
               static_cast<long>(o.run.optimization.total_steps), static_cast<long>(o.run.batch_size));
-  if (loop.step_count() == 0) evaluate(0);
+  std::string held_out;
+  if (loop.step_count() == 0) held_out = evaluate(0);
   const auto start = Clock::now();
   const index_t first = loop.step_count(), total = o.run.optimization.total_steps;
-  while (loop.step_count() < total) {
+  const index_t last = o.control.last_step(first, total);
+  while (loop.step_count() < last) {
     // Step s's programs come from their own stream, so a resumed run draws what it would have.
     dca::ChainConfig stream = o.task;
     stream.seed = o.run.seed * 1000003 + static_cast<std::uint64_t>(loop.step_count());
@@ -418,15 +451,14 @@ int probe(const Options& o) {
                                   o.probe_steps)
           .loss;
     });
-    const double rate =
-        static_cast<double>(loop.step_count() - first) / std::chrono::duration<double>(Clock::now() - start).count();
-    examples::draw_progress(loop.step_count(), total, loss, rate, "steps",
-                            static_cast<double>(total - loop.step_count()) / rate);
-    if (loop.step_count() % o.eval_every == 0 || loop.step_count() == total) {
-      evaluate(loop.step_count());
-      loop.save_checkpoint(checkpoint, {});
-    }
+    const index_t step = loop.step_count();
+    const double rate = static_cast<double>(step - first) / std::chrono::duration<double>(Clock::now() - start).count();
+    examples::draw_progress(step, total, loss, rate, "steps", static_cast<double>(total - step) / rate, held_out);
+    if (step % o.eval_every == 0 || step == total) held_out = evaluate(step);
+    if (o.control.checkpoint_due(step, last)) loop.save_checkpoint(checkpoint, {});
   }
+  if (loop.step_count() < total)
+    std::printf("\nstopped at step %ld; continue with --resume\n", static_cast<long>(loop.step_count()));
   return 0;
 }
 
@@ -444,7 +476,7 @@ int main(int argc, char** argv) {
     sub->add_option("--chain-weight", o.chain_weight, "sampling weight of the programs (text sources: 1 each)")
         ->capture_default_str();
     sub->add_option("--programs", o.programs, "held-out programs per hop count")->capture_default_str();
-    sub->add_option("--eval-every", o.eval_every, "evaluate and checkpoint every this many steps")
+    sub->add_option("--eval-every", o.eval_every, "evaluate every this many steps")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     sub->add_option("--threads", o.threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -452,6 +484,7 @@ int main(int argc, char** argv) {
   };
   CLI::App* pre = app.add_subcommand("pretrain", "pretrain the frozen decoder on text + chains");
   task_flags(pre);
+  o.control.add_options(*pre);
   pre->add_option("--layers", o.layers, "decoder layers")->capture_default_str();
   pre->add_option("--dim", o.dim, "hidden size (heads of 32)")->capture_default_str();
   pre->add_option("--steps", o.pretrain.optimization.total_steps, "steps")->capture_default_str();
@@ -471,6 +504,7 @@ int main(int argc, char** argv) {
   // What the coprocessor and probe subcommands share: the run, the latents and the optimisation.
   const auto latent_run_flags = [&](CLI::App* sub, const std::string& kind, const char* batch, const char* seed) {
     task_flags(sub);
+    o.control.add_options(*sub);
     sub->add_option("--out", o.out_dir, "run directory (default runs/chains/" + kind + "-<N_L>)");
     sub->add_option("--latents", o.latents, "N_L, the latents per insertion")->capture_default_str()->check(CLI::PositiveNumber);
     sub->add_option("--batch", o.run.batch_size, batch)->capture_default_str();

@@ -1,18 +1,23 @@
 // train_coprocessor — trains a coprocessor through a frozen, pretrained decoder on plain text and
 // reports the held-out loss of the n-th token after the latents, with and without augmentation.
-// The run directory (--out) gets the checkpoint and the learning curve (learning_curve.csv, .svg).
+// The run directory (--out) gets a checkpoint every --checkpoint-every steps, the learning curve
+// (learning_curve.csv, .svg) and at the end the trained coprocessor (coprocessor.safetensors). A
+// stopped run continues bit-identically with --resume; --stop-at ends a run early on purpose.
 //
 //   ./build/examples/pretrain                                  # once: writes runs/pretrain/model
 //   ./build/examples/train_coprocessor                         # N_L = 16, N_A = 16, K = 16
 //   ./build/examples/train_coprocessor --latents 4 --steps 300 --lora-rank 8
 //   ./build/examples/train_coprocessor --latents 1 --decay 0.7      # nearer ahead tokens weigh more
 //   ./build/examples/train_coprocessor --new-lr-mult 10 --curve-eval-every 50   # new parameters at 10×,
-//                                                              # held-out losses in the learning curve
+//                                                              # held-out losses more often
+//   ./build/examples/train_coprocessor --steps 20000 --stop-at 5000   # a long run, in slices:
+//   ./build/examples/train_coprocessor --steps 20000 --resume         # ... continued to the end
 //   ./build/examples/train_coprocessor --help                  # every option
 #include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 
 #include "progress.hpp"
+#include "run_control.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -36,7 +41,9 @@ struct Options {
   index_t eval_batches = 8, eval_points = 16;
   double decay = 1.0;  // ahead-token weights ∝ decay^(n−1): 1 is the paper's uniform mean
   std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
+  std::vector<std::string> extra_text;
   int threads = 2;
+  examples::RunControl control;
 };
 
 dca::CorpusMixture load_corpus(const Options& o) {
@@ -44,7 +51,8 @@ dca::CorpusMixture load_corpus(const Options& o) {
   if (!o.fortunes_dir.empty())
     corpus.add(dca::TextSource::from_directory(o.fortunes_dir, dca::skip_suffixes({".dat", ".u8"})));
   if (!o.dictionary.empty()) corpus.add(dca::TextSource::from_gzip(o.dictionary));
-  if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes or --dictionary");
+  for (const std::string& path : o.extra_text) corpus.add(dca::TextSource::from_file(path));
+  if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes, --dictionary or --text");
   return corpus;
 }
 
@@ -82,22 +90,42 @@ int run(const Options& o) {
               static_cast<long>(o.coprocessor.n_ahead), static_cast<long>(o.run.points_per_sequence),
               static_cast<long>(trainable));
   std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
-  const auto before = trainer.evaluate(o.eval_batches, o.eval_points);
+  const std::filesystem::path checkpoint = o.control.checkpoint_in(o.out_dir);
+  const auto before = trainer.evaluate(o.eval_batches, o.eval_points);  // the untrained coprocessor
+  if (o.control.resume) {
+    trainer.load_checkpoint(checkpoint);
+    std::printf("resumed from %s at step %ld\n", checkpoint.c_str(), static_cast<long>(trainer.step_count()));
+  }
+  const index_t total = o.run.optimization.total_steps, first = trainer.step_count();
+  const index_t last = o.control.last_step(first, total);
   const auto start = Clock::now();
   double smoothed = 0;
-  while (trainer.step_count() < o.run.optimization.total_steps) {
+  std::string held_out;  // the latest held-out evaluation of the learning curve
+  while (trainer.step_count() < last) {
     const double loss = trainer.step();
-    smoothed = trainer.step_count() == 1 ? loss : 0.95 * smoothed + 0.05 * loss;
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    const double rate = static_cast<double>(trainer.step_count()) / elapsed;
-    examples::draw_progress(trainer.step_count(), o.run.optimization.total_steps, smoothed, rate, "steps",
-                            static_cast<double>(o.run.optimization.total_steps - trainer.step_count()) / rate);
+    const index_t step = trainer.step_count();
+    smoothed = step == first + 1 ? loss : 0.95 * smoothed + 0.05 * loss;
+    const dca::LearningCurve* curve = trainer.learning_curve();
+    if (curve && curve->rows() > 0 && curve->last().step == step && !curve->last().held_out.empty()) {
+      const std::vector<double>& values = curve->last().held_out;  // augmented, frozen: means over n = 1..N_A
+      char text[80];
+      std::snprintf(text, sizeof text, "held-out %+.2f%% vs frozen (step %ld)", 100 * (values[0] / values[1] - 1),
+                    static_cast<long>(step));
+      held_out = text;
+    }
+    const double rate = static_cast<double>(step - first) / std::chrono::duration<double>(Clock::now() - start).count();
+    examples::draw_progress(step, total, smoothed, rate, "steps", static_cast<double>(total - step) / rate, held_out);
+    if (o.control.checkpoint_due(step, last)) trainer.save_checkpoint(checkpoint);
   }
-  const auto checkpoint = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
-  trainer.save_checkpoint(checkpoint);
-  std::printf("\ntrained in %s; saved %s\n",
-              dca::format_duration(std::chrono::duration<double>(Clock::now() - start).count()).c_str(),
-              checkpoint.c_str());
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (trainer.step_count() < total) {
+    std::printf("\nstopped at step %ld after %s (%s); continue with --resume\n", static_cast<long>(trainer.step_count()),
+                dca::format_duration(seconds).c_str(), checkpoint.c_str());
+    return 0;
+  }
+  const auto trained = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
+  trainer.save_checkpoint(trained);
+  std::printf("\ntrained in %s; saved %s\n", dca::format_duration(seconds).c_str(), trained.c_str());
   if (const dca::LearningCurve* curve = trainer.learning_curve())
     std::printf("learning curve: %s, %s\n", curve->csv_path().c_str(), curve->svg_path().c_str());
   print_table(before, trainer.evaluate(o.eval_batches, o.eval_points));
@@ -111,6 +139,7 @@ int main(int argc, char** argv) {
   Options o;
   o.run.optimization.total_steps = 600;
   o.run.curve.every = 10;
+  o.run.curve.evaluate_every = 100;  // the progress line shows the latest held-out gap
   o.run.curve.eval_batches = 2;
   std::string form = "residual", positions = "insertion-point", rule = "causal", input = "kv-cache";
   bool pause = false, random_init = false;
@@ -151,6 +180,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "threads")->capture_default_str();
   app.add_option("--fortunes", o.fortunes_dir, "fortune files (\"\" to skip)")->capture_default_str();
   app.add_option("--dictionary", o.dictionary, "gzip dictionary (\"\" to skip)")->capture_default_str();
+  app.add_option("--text", o.extra_text, "more plain-text files to mix in (weight 1 each)");
+  o.control.add_options(app);
   CLI11_PARSE(app, argc, argv);
 
   try {
