@@ -234,3 +234,25 @@ TEST_CASE("DCA_GEMM=eigen selects Eigen's kernels and says so") {
   CHECK(backend.reason == "forced by DCA_GEMM=eigen");
   CHECK(backend.blas_core.empty());
 }
+
+TEST_CASE("an installed observer is told of every product with its shape and transposes, and nothing once removed") {
+  struct Seen {
+    std::vector<dca::GemmCall> calls;
+    static void observe(const dca::GemmCall& call, void* self) { static_cast<Seen*>(self)->calls.push_back(call); }
+  } seen;
+  const Matrix<double> a = dca::test::random_tensor<double>(dca::Shape{7, 5}, 1).matrix();
+  const Matrix<double> b = dca::test::random_tensor<double>(dca::Shape{9, 5}, 2).matrix();
+  Matrix<double> c(7, 9), d(5, 5);
+  dca::set_gemm_observer(&Seen::observe, &seen);
+  dca::detail::gemm(c, a, b.transpose());
+  dca::detail::gemm_add(d, a.transpose(), a, 2.0);
+  dca::set_gemm_observer(nullptr);
+  dca::detail::gemm(c, a, b.transpose());
+  REQUIRE(seen.calls.size() == 2);
+  const dca::GemmCall& first = seen.calls[0];
+  CHECK((first.m == 7 && first.n == 9 && first.k == 5));
+  CHECK((!first.transpose_a && first.transpose_b && !first.accumulate && first.double_precision));
+  const dca::GemmCall& second = seen.calls[1];
+  CHECK((second.m == 5 && second.n == 5 && second.k == 7));
+  CHECK((second.transpose_a && !second.transpose_b && second.accumulate));
+}

@@ -184,3 +184,44 @@ TEST_CASE("matmul_cols rejects a weight, bias or column range that does not fit 
                        doctest::Contains("matmul_cols: bias is [1,5], expected [1,6] for weight [3,6]"),
                        dca::ShapeError);
 }
+
+TEST_CASE("a product's input and weight gradients run side by side on two threads and give the bits of one thread") {
+  const int previous_threads = dca::num_threads();
+  // Large enough for the two halves to be run side by side (detail::pair_min_work).
+  const Tensor<float> x0 = random_tensor<float>(Shape{128, 64}, 1), w0 = random_tensor<float>(Shape{64, 96}, 2),
+                      wt0 = random_tensor<float>(Shape{96, 64}, 3), b0 = random_tensor<float>(Shape{1, 96}, 4),
+                      seed = random_tensor<float>(Shape{128, 96}, 5);
+  using Product = Var<float> (*)(dca::Tape<float>&, const Var<float>&, const Var<float>&, const Var<float>&,
+                                 const Var<float>&);
+  const std::pair<const char*, Product> products[] = {
+      {"matmul", [](auto&, const auto& x, const auto& w, const auto&, const auto&) { return dca::matmul(x, w); }},
+      {"linear", [](auto&, const auto& x, const auto&, const auto& wt, const auto& b) { return dca::linear(x, wt, b); }},
+      {"matmul with a bias", [](auto&, const auto& x, const auto& w, const auto&, const auto& b) { return dca::matmul(x, w, b); }},
+      {"matmul_cols", [](auto&, const auto& x, const auto& w, const auto&, const auto& b) { return dca::matmul_cols(x, w, b, 0, 96); }},
+  };
+  for (const auto& [name, product] : products) {
+    INFO(name);
+    const auto run = [&](int threads) {
+      dca::set_num_threads(threads);
+      dca::Tape<float> tape;
+      const Var<float> x = tape.variable(x0.view()), w = tape.variable(w0.view()), wt = tape.variable(wt0.view()),
+                       b = tape.variable(b0.view());
+      tape.backward(product(tape, x, w, wt, b), seed.view());
+      return std::vector<Tensor<float>>{Tensor<float>(x.grad()), Tensor<float>(w.grad()), Tensor<float>(wt.grad()),
+                                        Tensor<float>(b.grad())};
+    };
+    const auto one = run(1), two = run(2);
+    for (std::size_t g = 0; g < one.size(); ++g) CHECK(dca::test::max_abs_difference(one[g], two[g]) == 0.0);
+  }
+  // A value multiplied by itself: both halves write one adjoint, so they run one after the other.
+  const Tensor<float> square0 = random_tensor<float>(Shape{96, 96}, 6), square_seed = random_tensor<float>(Shape{96, 96}, 7);
+  const auto square = [&](int threads) {
+    dca::set_num_threads(threads);
+    dca::Tape<float> tape;
+    const Var<float> a = tape.variable(square0.view());
+    tape.backward(dca::matmul(a, a), square_seed.view());
+    return Tensor<float>(a.grad());
+  };
+  CHECK(dca::test::max_abs_difference(square(1), square(2)) == 0.0);
+  dca::set_num_threads(previous_threads);
+}

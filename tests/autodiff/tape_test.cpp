@@ -222,3 +222,23 @@ TEST_CASE("leaves of rank above two are rejected with a hint") {
   CHECK_THROWS_WITH_AS(tape.variable(Tensor<float>(Shape{2, 2, 2})), doctest::Contains("reshape it to [rows, cols]"),
                        dca::ShapeError);
 }
+
+TEST_CASE("a profiling tape times every op's forward and backward by name; a tape that does not profile keeps none") {
+  Tape<double> tape;
+  const Var<double> x = tape.variable(random_tensor(Shape{64, 32}, 1).view());
+  const Var<double> w = tape.variable(random_tensor(Shape{32, 48}, 2).view());
+  tape.backward(total(dca::matmul(x, w)));
+  CHECK(tape.profile().empty());
+  tape.set_profiling(true);
+  tape.reset();
+  const Var<double> x2 = tape.variable(random_tensor(Shape{64, 32}, 1).view());
+  const Var<double> w2 = tape.variable(random_tensor(Shape{32, 48}, 2).view());
+  tape.backward(total(dca::matmul(x2, w2)));
+  REQUIRE(tape.profile().contains("matmul"));
+  const dca::OpProfile& matmul = tape.profile().at("matmul");
+  CHECK(matmul.calls == 3);  // the product and the two sums of total()
+  CHECK(matmul.forward_seconds > 0);
+  CHECK(matmul.backward_seconds > 0);
+  tape.set_profiling(true);  // turning it on again starts a new profile
+  CHECK(tape.profile().empty());
+}

@@ -18,6 +18,9 @@ namespace dca::detail {
 // element, waking the other threads would cost more than their share of the work.
 inline constexpr index_t parallel_min_elements = index_t{1} << 15;
 
+// Below this many multiply-adds per half, a product's backward halves run one after the other.
+inline constexpr index_t pair_min_work = index_t{1} << 18;
+
 // The number of threads a loop over `elements` elements uses.
 inline int loop_threads([[maybe_unused]] index_t elements) {
 #if defined(_OPENMP)
@@ -62,6 +65,31 @@ void parallel_tasks(index_t n, [[maybe_unused]] int threads, const Body& body) {
   }
 #endif
   for (index_t task = 0; task < n; ++task) body(task);
+}
+
+// Runs first() and second(), the two independent halves of a product's backward pass (the input
+// gradient and the weight gradient: the same FLOPs), side by side when the library runs on two
+// threads and `work` (multiply-adds of each half) is worth a parallel region: each half's GEMMs then
+// run whole on one thread, which at the coprocessor's shapes beats splitting every GEMM in two.
+// On one thread, inside a parallel region, or with other thread counts (where the BLAS threads each
+// GEMM over all of them), one after the other. The halves must write disjoint memory.
+template <class First, class Second>
+void run_pair(double work, const First& first, const Second& second) {
+#if defined(_OPENMP)
+  if (num_threads() == 2 && !omp_in_parallel() && work >= static_cast<double>(pair_min_work)) {
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 0)
+        first();
+      else
+        second();
+    }
+    return;
+  }
+#endif
+  (void)work;
+  first();
+  second();
 }
 
 // Elements [begin, end) of contiguous memory as an Eigen array: one thread's part of a flat loop.

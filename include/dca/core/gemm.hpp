@@ -28,6 +28,7 @@
 
 #include <Eigen/Core>
 
+#include <atomic>
 #include <cctype>
 #include <climits>
 #include <cstdio>
@@ -75,6 +76,22 @@ struct GemmBackend {
   bool fallback_avoided = false;  // the BLAS had chosen older kernels than the CPU runs, and dca overrode it
   std::string cpu;                // "AMD EPYC (family 26, model 2), AVX-512"
 };
+
+/// One product as the library ran it: op(A):[m,k] · op(B):[k,n] into a [m,n] destination.
+struct GemmCall {
+  index_t m = 0, n = 0, k = 0;
+  bool transpose_a = false, transpose_b = false, accumulate = false;
+  bool double_precision = false;
+};
+
+/// Something told of every product the library runs, from whichever thread runs it (so it must be
+/// thread-safe): benchmarks record a training step's products to time them alone, the rate the
+/// step is held against. Null (the default): nothing is told; each product reads one atomic.
+using GemmObserver = void (*)(const GemmCall& call, void* context);
+
+/// Installs `observer` (called with `context`) for the whole process, or removes it (null). Call it
+/// while no product runs.
+void set_gemm_observer(GemmObserver observer, void* context = nullptr);
 
 /// The GEMM path of this process, chosen at the first call (thread-safe) and fixed afterwards.
 /// Throws UsageError if DCA_GEMM holds a value other than auto, blas or eigen, or asks for a BLAS
@@ -304,6 +321,16 @@ inline GemmBackend select_gemm_backend() {
 // EIGEN_GEMM_TO_COEFFBASED_THRESHOLD); single rows or columns are memory-bound GEMVs, left to Eigen.
 inline constexpr index_t gemm_small_size = 20;
 
+// The process's product observer (set_gemm_observer); its context is stored before it.
+struct GemmObserverSlot {
+  std::atomic<GemmObserver> observer{nullptr};
+  std::atomic<void*> context{nullptr};
+};
+inline GemmObserverSlot& gemm_observer_slot() {
+  static GemmObserverSlot slot;
+  return slot;
+}
+
 // One operand of a product as the kernels read it: row-major storage of [rows, cols] at `data`
 // with leading dimension `ld`, of which the product reads the transpose when `transposed`.
 template <class T>
@@ -348,6 +375,9 @@ template <Scalar T>
 void gemm_strided(GemmPath path, GemmOperand<T> dst, GemmOperand<const T> a, GemmOperand<const T> b, T alpha,
                   bool accumulate) {
   const index_t m = dst.rows, n = dst.cols, k = a.used_cols();
+  if (const GemmObserver observer = gemm_observer_slot().observer.load(std::memory_order_acquire))
+    observer({m, n, k, a.transposed, b.transposed, accumulate, std::is_same_v<T, double>},
+             gemm_observer_slot().context.load(std::memory_order_relaxed));
 #if defined(DCA_HAVE_BLAS)
   if (path == GemmPath::blas && m > 1 && n > 1 && m + n + k >= gemm_small_size && m <= INT_MAX && n <= INT_MAX &&
       k <= INT_MAX && a.ld <= INT_MAX && b.ld <= INT_MAX && dst.ld <= INT_MAX && a.ld >= 1 && b.ld >= 1) {
@@ -423,6 +453,11 @@ void gemm_add(Dst&& dst, const Lhs& lhs, const Rhs& rhs, T alpha = T(1)) {
   kind void detail::gemm_strided(GemmPath, detail::GemmOperand<T>, detail::GemmOperand<const T>, \
                                  detail::GemmOperand<const T>, T, bool);
 DCA_EXTERN_INSTANCES(DCA_GEMM_INSTANCES)
+
+inline void set_gemm_observer(GemmObserver observer, void* context) {
+  detail::gemm_observer_slot().context.store(context, std::memory_order_relaxed);
+  detail::gemm_observer_slot().observer.store(observer, std::memory_order_release);
+}
 
 inline const GemmBackend& gemm_backend() {
   static const GemmBackend backend = detail::select_gemm_backend();

@@ -37,6 +37,21 @@ void add_bias_gradient(const Operand<T>& bias, const Operand<T>& y) {
   for (index_t i = 0; i < dY.rows(); ++i) db += dY.row(i);
 }
 
+// The backward pass of y = f(x, w) for a product: dX by `input` and dW (with any bias gradient) by
+// `weight`, side by side on two threads when both are needed and they write different adjoints.
+template <Scalar T, class Input, class Weight>
+void backward_pair(const Operand<T>& x, const Operand<T>& w, const Operand<T>& y, const Input& input,
+                   const Weight& weight) {
+  const bool both = x.active() && w.active() && x.adjoint != w.adjoint;
+  const double work = static_cast<double>(x.numel()) * static_cast<double>(y.cols);  // multiply-adds of dX
+  if (both)
+    run_pair(work, input, weight);
+  else {
+    input();
+    weight();
+  }
+}
+
 // y = op(a) · op(b), where op transposes when the flag is set.
 template <Scalar T>
 Var<T> product(const char* op, const Var<T>& a, const Var<T>& b, bool trans_a, bool trans_b) {
@@ -58,23 +73,27 @@ Var<T> product(const char* op, const Var<T>& a, const Var<T>& b, bool trans_a, b
   if (trans_a && !trans_b) gemm(Y, A.transpose(), B);
   if (trans_a && trans_b) gemm(Y, A.transpose(), B.transpose());
   tape.record(y, [a = a.operand(), b = b.operand(), y = y.operand(), trans_a, trans_b, stats = &tape.stats()] {
-    auto dY = y.adj();
-    if (a.active()) {  // dA = dY·op(B)ᵀ, transposed back if A was used transposed
+    const auto input_a = [&] {  // dA = dY·op(B)ᵀ, transposed back if A was used transposed
+      if (!a.active()) return;
       auto dA = a.adj();
+      auto dY = y.adj();
       if (!trans_a && !trans_b) gemm_add(dA, dY, b.val().transpose());
       if (!trans_a && trans_b) gemm_add(dA, dY, b.val());
       if (trans_a && !trans_b) gemm_add(dA, b.val(), dY.transpose());
       if (trans_a && trans_b) gemm_add(dA, b.val().transpose(), dY.transpose());
-      Tape<T>::count_gemm(stats, a.rows, a.cols, y.cols);
-    }
-    if (b.active()) {  // dB = op(A)ᵀ·dY, transposed back if B was used transposed
+    };
+    const auto input_b = [&] {  // dB = op(A)ᵀ·dY, transposed back if B was used transposed
+      if (!b.active()) return;
       auto dB = b.adj();
+      auto dY = y.adj();
       if (!trans_a && !trans_b) gemm_add(dB, a.val().transpose(), dY);
       if (!trans_a && trans_b) gemm_add(dB, dY.transpose(), a.val());
       if (trans_a && !trans_b) gemm_add(dB, a.val(), dY);
       if (trans_a && trans_b) gemm_add(dB, dY.transpose(), a.val().transpose());
-      Tape<T>::count_gemm(stats, b.rows, b.cols, y.rows);
-    }
+    };
+    backward_pair(a, b, y, input_a, input_b);
+    if (a.active()) Tape<T>::count_gemm(stats, a.rows, a.cols, y.cols);
+    if (b.active()) Tape<T>::count_gemm(stats, b.rows, b.cols, y.rows);
   });
   return y;
 }
@@ -127,16 +146,14 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
   detail::fill_rows_with_bias(Y, bias.matrix());
   detail::gemm_add(Y, x.matrix(), w.matrix().transpose());
   tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
-    auto dY = y.adj();
-    if (x.active()) {
-      detail::gemm_add(x.adj(), dY, w.val());
-      Tape<T>::count_gemm(stats, x.rows, x.cols, w.rows);
-    }
-    if (w.active()) {
-      detail::gemm_add(w.adj(), dY.transpose(), x.val());
-      Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
-    }
-    if (b.active()) detail::add_bias_gradient(b, y);
+    detail::backward_pair(
+        x, w, y, [&] { if (x.active()) detail::gemm_add(x.adj(), y.adj(), w.val()); },
+        [&] {
+          if (w.active()) detail::gemm_add(w.adj(), y.adj().transpose(), x.val());
+          if (b.active()) detail::add_bias_gradient(b, y);
+        });
+    if (x.active()) Tape<T>::count_gemm(stats, x.rows, x.cols, w.rows);
+    if (w.active()) Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
   });
   return y;
 }
@@ -158,16 +175,14 @@ Var<T> matmul(const Var<T>& x, const Var<T>& w, const Var<T>& bias) {
   detail::fill_rows_with_bias(Y, bias.matrix());
   detail::gemm_add(Y, x.matrix(), w.matrix());
   tape.record(y, [x = x.operand(), w = w.operand(), b = bias.operand(), y = y.operand(), stats = &tape.stats()] {
-    auto dY = y.adj();
-    if (x.active()) {
-      detail::gemm_add(x.adj(), dY, w.val().transpose());
-      Tape<T>::count_gemm(stats, x.rows, x.cols, w.cols);
-    }
-    if (w.active()) {
-      detail::gemm_add(w.adj(), x.val().transpose(), dY);
-      Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
-    }
-    if (b.active()) detail::add_bias_gradient(b, y);
+    detail::backward_pair(
+        x, w, y, [&] { if (x.active()) detail::gemm_add(x.adj(), y.adj(), w.val().transpose()); },
+        [&] {
+          if (w.active()) detail::gemm_add(w.adj(), x.val().transpose(), y.adj());
+          if (b.active()) detail::add_bias_gradient(b, y);
+        });
+    if (x.active()) Tape<T>::count_gemm(stats, x.rows, x.cols, w.cols);
+    if (w.active()) Tape<T>::count_gemm(stats, w.rows, w.cols, x.rows);
   });
   return y;
 }
@@ -200,16 +215,14 @@ Var<T> matmul_column_block(const Var<T>& x, const Var<T>& w, const Var<T>* bias,
   }
   const Operand<T> b = bias ? bias->operand() : Operand<T>{};
   tape.record(y, [x = x.operand(), w = w.operand(), b, y = y.operand(), begin, stats = &tape.stats()] {
-    auto dY = y.adj();
-    if (x.active()) {
-      gemm_add(x.adj(), dY, w.val().middleCols(begin, y.cols).transpose());
-      Tape<T>::count_gemm(stats, x.rows, x.cols, y.cols);
-    }
-    if (w.active()) {
-      gemm_add(w.adj().middleCols(begin, y.cols), x.val().transpose(), dY);
-      Tape<T>::count_gemm(stats, w.rows, y.cols, x.rows);
-    }
-    if (b.active()) add_bias_gradient(Operand<T>{nullptr, b.adjoint + begin, 1, y.cols}, y);
+    backward_pair(
+        x, w, y, [&] { if (x.active()) gemm_add(x.adj(), y.adj(), w.val().middleCols(begin, y.cols).transpose()); },
+        [&] {
+          if (w.active()) gemm_add(w.adj().middleCols(begin, y.cols), x.val().transpose(), y.adj());
+          if (b.active()) add_bias_gradient(Operand<T>{nullptr, b.adjoint + begin, 1, y.cols}, y);
+        });
+    if (x.active()) Tape<T>::count_gemm(stats, x.rows, x.cols, y.cols);
+    if (w.active()) Tape<T>::count_gemm(stats, w.rows, y.cols, x.rows);
   });
   return y;
 }
