@@ -15,9 +15,11 @@
 // trainer also clips at norm 1 and decays nothing: an O(parameters) difference).
 //
 // Counters: "points/s" and "ms/point" (wall clock) count the B·K augmentation points of a step;
-// "GFLOP" is the model below, per step (structured steps only); "arena MB" is the tape arena's bytes
+// "GFLOP" is the model below, per step (structured steps only); "parts": how many parts
+// dca::coprocessor_step split the batch into (one per thread); "arena MB" is the tape arena's bytes
 // in use after the step (values, adjoints, closures and attention probabilities of the whole step, in
-// 10⁶ bytes; nothing is rewound within a step, so it is also the step's high-water mark). It excludes
+// 10⁶ bytes; nothing is rewound within a step, so it is also the step's high-water mark; with several
+// parts, the main tape's: the shared pass and part 0, the other parts being on tapes of their own). It excludes
 // the fixed parameters, gradients and AdamW moments, and the dense masks (std::vector, not the arena).
 //
 // FLOP model of a structured step (a multiply-add is 2 FLOPs; G = B·K groups, group g at point t_g reads
@@ -44,6 +46,7 @@
 // training steps (see export_for_pytorch) for benchmarks/pytorch_coprocessor_step.py --check DIR,
 // which recomputes the loss, gradients and AdamW step in PyTorch: compare_pytorch_coprocessor.sh.
 #include <dca/coproc/dense_reference.hpp>
+#include <dca/coproc/trainer.hpp>
 #include <dca/dca.hpp>
 #include <dca/experiment/reproduction.hpp>
 #include <dca/io/hf.hpp>
@@ -189,20 +192,36 @@ float training_step(Setup& setup, dca::Tape<float>& tape, dca::AdamW<float>& opt
   return loss.loss.item();
 }
 
-// Args: K, batch, threads.
+// The optimisation the timed steps run: AdamW at dca::AdamWConfig{}'s settings and a constant lr of
+// 1e-4, no clipping (as the PyTorch side).
+dca::OptimizationConfig bench_optimization() {
+  const dca::AdamWConfig adamw{};
+  return {.max_lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0, .total_steps = index_t{1} << 40,
+          .weight_decay = adamw.weight_decay, .beta1 = adamw.beta1, .beta2 = adamw.beta2, .eps = adamw.eps,
+          .grad_clip = 0};
+}
+
+// Args: K, batch, threads. The step as CoprocessorTrainer runs it (dca::coprocessor_step: on several
+// threads the batch in parts side by side).
 void coprocessor_training_step(benchmark::State& state, const BenchShape& shape) {
   dca::set_num_threads(static_cast<int>(state.range(2)));
   Setup setup(shape, state.range(0), state.range(1));
-  dca::AdamW<float> optimizer(setup.coprocessor.parameters(), dca::AdamWConfig{});
-  dca::Tape<float> tape;
-  const auto step = [&] { return training_step(setup, tape, optimizer, 1e-4); };
-  // Steady state, as in training: the first steps grow the tape's arena, fault in its pages and
+  dca::TrainingLoop<float> loop(setup.coprocessor.parameter_groups(), bench_optimization());
+  index_t parts = 1;
+  const auto step = [&] {
+    const dca::CoprocessorStep done = dca::coprocessor_step(loop, setup.coprocessor, setup.decoder,
+                                                            std::span<const index_t>(setup.ids), setup.plan);
+    parts = done.parts;
+    return done.loss;
+  };
+  // Steady state, as in training: the first steps grow the tapes' arenas, fault in their pages and
   // allocate the optimizer state; Google Benchmark reruns this function several times, so without
   // the warm-up they would be timed each time.
   for (int warm_up = 0; warm_up < 2; ++warm_up) step();
   const double seconds = timed_loop(state, step);
-  report_points_and_memory(state, setup, tape, seconds);
+  report_points_and_memory(state, setup, loop.tape(), seconds);
   report_flops(state, setup);
+  state.counters["parts"] = benchmark::Counter(static_cast<double>(parts));
 }
 
 void BM_CoprocessorTrainingStep(benchmark::State& state) { coprocessor_training_step(state, small_shape()); }
@@ -357,8 +376,8 @@ int profile_main(index_t k, int threads, int steps) {
   std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) {
     return a.second.forward_seconds + a.second.backward_seconds > b.second.forward_seconds + b.second.backward_seconds;
   });
-  std::printf("small decoder, K = %ld, %d thread(s), %d steps: %.1f ms per step (%s)\n", static_cast<long>(k), threads,
-              steps, step_seconds * per_step, dca::gemm_backend_summary().c_str());
+  std::printf("small decoder, K = %ld, %d thread(s), %d steps on one tape (every op threaded): %.1f ms per step (%s)\n",
+              static_cast<long>(k), threads, steps, step_seconds * per_step, dca::gemm_backend_summary().c_str());
   std::printf("%-22s %9s %12s %12s %8s\n", "op", "calls", "forward ms", "backward ms", "% step");
   double counted = 0;
   for (const auto& [name, p] : ops) {
@@ -379,6 +398,19 @@ int profile_main(index_t k, int threads, int steps) {
   const double replay_ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * per_step;
   std::printf("the step's %zu products alone, one thread: %.1f ms, %.1f GFLOP/s (%.1f%% of the step's time)\n",
               replay.size(), replay_ms, replay.flops() * 1e-6 / replay_ms, 100 * replay_ms / step_ms);
+  // The step as CoprocessorTrainer runs it: on several threads, the batch in parts side by side.
+  dca::set_num_threads(threads);
+  dca::TrainingLoop<float> loop(setup.coprocessor.parameter_groups(), bench_optimization());
+  const auto trainer_step = [&] {
+    return dca::coprocessor_step(loop, setup.coprocessor, setup.decoder, std::span<const index_t>(setup.ids), setup.plan);
+  };
+  for (int warm_up = 0; warm_up < 2; ++warm_up) trainer_step();
+  const auto loop_start = std::chrono::steady_clock::now();
+  index_t parts = 1;
+  for (int i = 0; i < steps; ++i) parts = trainer_step().parts;
+  const double loop_ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count() * per_step;
+  std::printf("as CoprocessorTrainer runs it (dca::coprocessor_step, %ld part(s) side by side): %.1f ms per step\n",
+              static_cast<long>(parts), loop_ms);
   return 0;
 }
 

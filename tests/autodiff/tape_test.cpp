@@ -242,3 +242,21 @@ TEST_CASE("a profiling tape times every op's forward and backward by name; a tap
   tape.set_profiling(true);  // turning it on again starts a new profile
   CHECK(tape.profile().empty());
 }
+
+TEST_CASE("a tape's redirected gradients go to the given buffers, and an unfrozen parameter without one is refused") {
+  Parameter<double> w("w", random_tensor(Shape{3, 4}, 1)), other("other", random_tensor(Shape{4, 2}, 2));
+  Tape<double> tape;
+  Tensor<double> sink(Shape{3, 4});
+  tape.redirect_gradients({{&w, sink.data()}});
+  const Var<double> x = tape.constant(random_tensor(Shape{2, 3}, 3).view());
+  tape.backward(total(dca::matmul(x, tape.param(w))));
+  CHECK(!w.has_grad());  // its own buffer was never touched
+  Tape<double> reference;
+  tape.reset();
+  reference.backward(total(dca::matmul(reference.constant(random_tensor(Shape{2, 3}, 3).view()), reference.param(w))));
+  CHECK(dca::test::max_abs_difference(sink, w.grad()) == 0.0);
+  CHECK_THROWS_WITH_AS(tape.param(other), doctest::Contains("parameter 'other' has no gradient redirect"),
+                       dca::UsageError);
+  other.freeze();
+  CHECK_NOTHROW(tape.param(other));  // a frozen parameter has no gradient to redirect
+}

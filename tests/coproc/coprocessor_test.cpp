@@ -295,6 +295,35 @@ TEST_CASE("a plan preferring points takes them first, up to K, and fills the res
                        doctest::Contains("20 token ids for 2 sequences of 20"), dca::RangeError);
 }
 
+TEST_CASE("a plan's parts take every parts-th point of each sequence and together are the plan") {
+  const auto plan = dca::AugmentationPlan::given(2, 30, 3, {1, 4, 6, 9, 12, 0, 2, 3, 8, 20});
+  for (const index_t parts : {1, 2, 3, 5}) {
+    CAPTURE(parts);
+    std::vector<index_t> first, second;  // the two sequences' points, gathered from the parts
+    index_t groups = 0;
+    for (index_t i = 0; i < parts; ++i) {
+      const dca::AugmentationPlan part = plan.part(i, parts);
+      CHECK(part.batch == 2);
+      CHECK(part.seq_len == 30);
+      CHECK(part.n_ahead == 3);
+      CHECK(part.points_per_sequence == (5 - i + parts - 1) / parts);
+      groups += part.groups();
+      for (index_t j = 0; j < part.points_per_sequence; ++j) {
+        CHECK(part.point(0, j) == plan.point(0, i + j * parts));
+        first.push_back(part.point(0, j));
+        second.push_back(part.point(1, j));
+      }
+    }
+    CHECK(groups == plan.groups());
+    std::sort(first.begin(), first.end());
+    std::sort(second.begin(), second.end());
+    CHECK(first == std::vector<index_t>{1, 4, 6, 9, 12});
+    CHECK(second == std::vector<index_t>{0, 2, 3, 8, 20});
+  }
+  CHECK_THROWS_WITH_AS(plan.part(0, 6), doctest::Contains("part 0 of 6 of a plan with K = 5"), dca::RangeError);
+  CHECK_THROWS_AS(plan.part(2, 2), dca::RangeError);
+}
+
 TEST_CASE("a plan by scores takes each sequence's K highest-scored points, equal scores drawn uniformly") {
   const index_t T = 20, n_ahead = 3, K = 4, available = T - n_ahead;
   std::vector<double> scores(2 * T, 0.0);

@@ -271,3 +271,38 @@ TEST_CASE("the coprocessor's learning curve holds each ahead position's held-out
   CHECK(value("held_out_augmented_n2") == expected.augmented[1]);
   CHECK(value("held_out_frozen_n3") == expected.baseline[2]);
 }
+
+TEST_CASE("on two threads a coprocessor step splits the batch into parts and computes the whole batch's loss and update") {
+  const int previous_threads = dca::num_threads();
+  dca::Decoder<double> decoder(dca::DecoderConfig::llama({.vocab = 256, .dim = 16, .layers = 2, .heads = 2, .mlp = 32}), 1);
+  decoder.freeze();
+  const auto ids = dca::test::random_tokens(2 * 24, 3, 256);
+  const auto plan = dca::AugmentationPlan::given(2, 24, 3, {1, 5, 9, 14, 2, 7, 11, 20});
+  struct Run {
+    dca::CoprocessorStep step;
+    std::vector<dca::Tensor<double>> weights;
+  };
+  const auto run = [&](int threads, bool gated) {
+    dca::set_num_threads(threads);
+    dca::Coprocessor<double, 2> coprocessor(decoder, {.n_ahead = 3, .gated = gated});
+    // A non-zero latent projection, so that every coprocessor weight has a gradient.
+    for (dca::Parameter<double>* p : coprocessor.parameters())
+      if (p->name() == "coprocessor.latent_projection.weight") p->value() = dca::test::random_tensor(p->shape(), 9, -0.3, 0.3);
+    dca::TrainingLoop<double> loop(coprocessor.parameter_groups(), {.max_lr = 1e-3, .warmup_steps = 0, .total_steps = 10});
+    Run r{dca::coprocessor_step(loop, coprocessor, decoder, std::span<const index_t>(ids), plan), {}};
+    for (dca::Parameter<double>* p : coprocessor.parameters()) r.weights.push_back(p->value());
+    return r;
+  };
+  const Run one = run(1, false), two = run(2, false);
+  CHECK(one.step.parts == 1);
+  CHECK(two.step.parts == 2);
+  CHECK(std::abs(one.step.loss - two.step.loss) <= 1e-12 * one.step.loss);
+  REQUIRE(one.step.per_position.size() == 3);
+  for (std::size_t n = 0; n < 3; ++n)
+    CHECK(std::abs(one.step.per_position[n] - two.step.per_position[n]) <= 1e-12 * one.step.per_position[n]);
+  REQUIRE(one.weights.size() == two.weights.size());
+  for (std::size_t k = 0; k < one.weights.size(); ++k)
+    CHECK(dca::test::max_abs_difference(one.weights[k], two.weights[k]) <= 1e-10);
+  CHECK(run(2, true).step.parts == 1);  // a gated coprocessor mixes with the token pass's logits: one tape
+  dca::set_num_threads(previous_threads);
+}

@@ -143,3 +143,66 @@ TEST_CASE("learning-curve and optimisation settings are validated with the value
   CHECK_THROWS_WITH_AS(dca::AdamW<float>(std::vector<dca::ParameterGroup<float>>{{.name = "fast", .parameters = {&p}, .lr_multiplier = -2.0}}),
                        doctest::Contains("the lr_multiplier of group 'fast' = -2"), dca::RangeError);
 }
+
+TEST_CASE("a step in parts gives the same bits on one thread and on two, and the whole batch's step to rounding") {
+  const int previous_threads = dca::num_threads();
+  // A decoder's next-token loss over four sequences, as one batch or as two parts of two sequences
+  // (each part's mean weighted by one half).
+  const auto ids = dca::test::random_tokens(4 * 8, 11, 256), targets = dca::test::random_tokens(4 * 8, 12, 256);
+  struct Run {
+    std::vector<double> losses;
+    std::vector<dca::Tensor<double>> weights;
+  };
+  const auto run = [&](int threads, bool in_parts) {
+    dca::set_num_threads(threads);
+    dca::Decoder<double> model(one_layer_model(), 1);
+    dca::TrainingLoop<double> loop({{.name = "model", .parameters = model.parameters()}}, tiny_schedule());
+    Run r;
+    for (int s = 0; s < 3; ++s) {
+      if (!in_parts) {
+        r.losses.push_back(loop.step([&](dca::Tape<double>& tape) { return model.loss(tape, ids, targets, 4); }));
+        continue;
+      }
+      r.losses.push_back(loop.step_parts(
+          2, [](dca::Tape<double>&) {},
+          [&](dca::Tape<double>& tape, index_t i) {
+            const auto half = [&](const std::vector<index_t>& v) {
+              return std::span<const index_t>(v).subspan(static_cast<std::size_t>(i * 16), 16);
+            };
+            return dca::scale(model.loss(tape, half(ids), half(targets), 2), 0.5);
+          }));
+    }
+    for (dca::Parameter<double>* p : model.parameters()) r.weights.push_back(p->value());
+    return r;
+  };
+  const Run parts_one = run(1, true), parts_two = run(2, true), whole = run(1, false);
+  CHECK(parts_one.losses == parts_two.losses);
+  for (std::size_t k = 0; k < parts_one.weights.size(); ++k) {
+    CHECK(dca::test::max_abs_difference(parts_one.weights[k], parts_two.weights[k]) == 0.0);
+    CHECK(dca::test::max_abs_difference(parts_one.weights[k], whole.weights[k]) <= 1e-10);
+  }
+  for (std::size_t s = 0; s < whole.losses.size(); ++s)
+    CHECK(std::abs(parts_one.losses[s] - whole.losses[s]) <= 1e-12 * whole.losses[s]);
+  dca::TrainingLoop<double> loop({}, tiny_schedule());
+  CHECK_THROWS_AS(loop.step_parts(0, [](dca::Tape<double>&) {}, [](dca::Tape<double>& t, index_t) {
+    return t.constant(dca::Tensor<double>(dca::Shape{1, 1}));
+  }), dca::RangeError);
+  dca::set_num_threads(previous_threads);
+}
+
+TEST_CASE("an error in one part of a step in parts reaches the caller, on two threads too") {
+  const int previous_threads = dca::num_threads();
+  dca::set_num_threads(2);
+  dca::Decoder<double> model(one_layer_model(), 1);
+  dca::TrainingLoop<double> loop({{.name = "model", .parameters = model.parameters()}}, tiny_schedule());
+  const auto ids = dca::test::random_tokens(8, 1, 256);
+  CHECK_THROWS_WITH_AS(loop.step_parts(
+                           2, [](dca::Tape<double>&) {},
+                           [&](dca::Tape<double>& tape, index_t i) {
+                             if (i == 1) throw dca::UsageError("part 1 failed");
+                             return model.loss(tape, ids, ids, 1);
+                           }),
+                       "part 1 failed", dca::UsageError);
+  CHECK(loop.step_count() == 0);
+  dca::set_num_threads(previous_threads);
+}

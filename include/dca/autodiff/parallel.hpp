@@ -52,19 +52,29 @@ void parallel_chunks(index_t n, index_t chunk, index_t elements, const Body& bod
 #endif
 }
 
-// Runs body(task) for every task in [0, n), dynamically scheduled over `threads` threads. With one
-// thread it opens no parallel region: inside even a one-thread region, every threaded GEMM would be
-// a nested team, whose threads libgomp creates afresh each time (a decode step created ~30).
+// The threads a set of `n` independent tasks uses: all of the library's, at most one per task, and
+// one inside a parallel region (the caller's threads are already busy).
+inline int task_threads(index_t n) {
+#if defined(_OPENMP)
+  if (omp_in_parallel()) return 1;
+#endif
+  return static_cast<int>(std::clamp<index_t>(n, 1, num_threads()));
+}
+
+// Runs body(task, slot) for every task in [0, n), dynamically scheduled over `threads` threads;
+// `slot` in [0, threads) is the running thread's, for per-thread scratch. With one thread it opens
+// no parallel region: inside even a one-thread region, every threaded GEMM would be a nested team,
+// whose threads libgomp creates afresh each time (a decode step created ~30).
 template <class Body>
 void parallel_tasks(index_t n, [[maybe_unused]] int threads, const Body& body) {
 #if defined(_OPENMP)
-  if (threads > 1) {
+  if (threads > 1 && !omp_in_parallel()) {
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
-    for (index_t task = 0; task < n; ++task) body(task);
+    for (index_t task = 0; task < n; ++task) body(task, omp_get_thread_num());
     return;
   }
 #endif
-  for (index_t task = 0; task < n; ++task) body(task);
+  for (index_t task = 0; task < n; ++task) body(task, 0);
 }
 
 // Runs first() and second(), the two independent halves of a product's backward pass (the input

@@ -36,6 +36,7 @@
 #include <new>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace dca {
@@ -201,7 +202,7 @@ class Tape {
     check_leaf_rank(p.name().c_str(), p.shape());
     T* value = p.value().data();
     if (p.frozen() || !grad_enabled_) return push("param", p.value().rows(), p.value().cols(), value, nullptr);
-    Var<T> v = push("param", p.value().rows(), p.value().cols(), value, p.grad_buffer());
+    Var<T> v = push("param", p.value().rows(), p.value().cols(), value, gradient_buffer(p));
     nodes_.back().owner = detail::Node<T>::Owner::parameter;
     return v;
   }
@@ -226,6 +227,19 @@ class Tape {
     sweep(output, seed.data());
   }
 
+  /// From now on the gradients of these parameters go to the given buffers (each the parameter's
+  /// size) instead of the parameters' own: what lets tapes on several threads backpropagate into
+  /// the same parameters at once (TrainingLoop::step_parts). While redirects are set, an unfrozen
+  /// parameter without one is refused (UsageError), since its own buffer may be another thread's.
+  /// An empty list ends the redirection.
+  void redirect_gradients(std::vector<std::pair<const Parameter<T>*, T*>> redirects) {
+    redirects_ = std::move(redirects);
+    redirect_used_.assign(redirects_.size(), false);
+  }
+  /// Whether redirect `i` (in the order given) has been handed to a parameter since the last reset:
+  /// which buffers hold gradients.
+  bool redirect_used(std::size_t i) const { return i < redirect_used_.size() && redirect_used_[i]; }
+
   /// Zeroes the adjoints of this tape's `variable` leaves (parameters: `Parameter::zero_grad`).
   void zero_adjoints() {
     for (auto& n : nodes_)
@@ -242,6 +256,7 @@ class Tape {
     nodes_.clear();
     arena_.reset();
     swept_ = false;
+    std::fill(redirect_used_.begin(), redirect_used_.end(), false);
   }
 
   /// Number of nodes on the tape.
@@ -361,6 +376,17 @@ class Tape {
                                "; tape values are matrices — reshape it to [rows, cols] first");
   }
 
+  T* gradient_buffer(Parameter<T>& p) {
+    if (redirects_.empty()) return p.grad_buffer();
+    for (std::size_t i = 0; i < redirects_.size(); ++i)
+      if (redirects_[i].first == &p) {
+        redirect_used_[i] = true;
+        return redirects_[i].second;
+      }
+    detail::fail<UsageError>("Tape::param: parameter '", p.name(),
+                             "' has no gradient redirect on a tape whose gradients are redirected");
+  }
+
   Var<T> leaf(const char* name, TensorView<const T> value, bool active) {
     check_leaf_rank(name, value.shape());
     Var<T> v = make_result(name, value.rows(), value.cols(), active);
@@ -458,6 +484,8 @@ class Tape {
   bool swept_ = false;
   bool profiling_ = false;
   TapeProfile profile_;
+  std::vector<std::pair<const Parameter<T>*, T*>> redirects_;
+  std::vector<bool> redirect_used_;
   Clock::time_point op_started_;
 };
 

@@ -227,19 +227,39 @@ class Coprocessor {
                         const AugmentationPlan& plan) {
     check_decoder(decoder, true);
     check_plan(ids, plan);
+    const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch, config_.gated);  // 1.
+    if (!config_.gated) return loss_given_tokens(tape, decoder, ids, plan, tokens);
+    // 2. and 3., the gate read from the same coprocessor output as the latents
     const AugmentationLayout layout =
         AugmentationLayout::of(plan, ids, n_latents(), config_.positions, config_.oracle_lookahead);
-    const TokenPass<T> tokens = read_tokens(tape, decoder, ids, plan.batch, config_.gated);  // 1.
-    if (!config_.gated) {
-      const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
-      return ahead_loss(tape, decoder, z, tokens.cache, layout);                               // 3.
-    }
-    // 2. and 3., the gate read from the same coprocessor output as the latents
     const Var<T> h = output(tape, tokens.cache, layout.latents, tokens.residual, {});
     const Var<T> z = latent_form(tape, decoder, h, layout.latents);
     return mixture_score(ahead_logits(tape, decoder, z, tokens.cache, layout), layout, gate_logits(tape, h),
                          frozen_target_probabilities(tokens.logits, ids, plan, layout));
   }
+
+  /// Steps 2 and 3 of the loss of `plan` over ids, given step 1's pass over them (`read_tokens`,
+  /// possibly on another tape: only its constant cache is read). What each part of a batch split
+  /// into parts computes (coproc/trainer.hpp's coprocessor_step), so it needs what `splittable`
+  /// says: the cache input and no gate (both read step 1's values as tape values).
+  AugmentedLoss<T> loss_given_tokens(Tape<T>& tape, Decoder<T>& decoder, std::span<const index_t> ids,
+                                     const AugmentationPlan& plan, const TokenPass<T>& tokens) {
+    check_decoder(decoder, true);
+    check_plan(ids, plan);
+    if (config_.gated)
+      detail::fail<UsageError>("Coprocessor::loss_given_tokens: a gated coprocessor mixes with step 1's logits; use loss()");
+    if (config_.input == CoprocessorInput::last_layer && tokens.residual.valid() && &tokens.residual.tape() != &tape)
+      detail::fail<UsageError>("Coprocessor::loss_given_tokens: a last-layer coprocessor reads step 1's activations "
+                               "as values of their own tape; compute the loss on that tape");
+    const AugmentationLayout layout =
+        AugmentationLayout::of(plan, ids, n_latents(), config_.positions, config_.oracle_lookahead);
+    const Var<T> z = latents(tape, decoder, tokens.cache, layout.latents, tokens.residual);  // 2.
+    return ahead_loss(tape, decoder, z, tokens.cache, layout);                               // 3.
+  }
+
+  /// Whether the loss can be computed in parts on separate tapes (loss_given_tokens): the cache
+  /// input, no gate.
+  bool splittable() const { return !config_.gated && config_.input == CoprocessorInput::kv_cache; }
 
   /// Step 1: the frozen decoder over ids [B·T] (B sequences), as constants, keeping every layer's
   /// keys and values; its logits [B·T, V] only with `logits` (a gated coprocessor's mixture).

@@ -24,6 +24,20 @@ struct AugmentationPlan {
   index_t point(index_t b, index_t j) const { return points[static_cast<std::size_t>(b * points_per_sequence + j)]; }
   index_t groups() const { return batch * points_per_sequence; }
 
+  /// Part i of `parts`: each sequence's points j ≡ i (mod parts), ⌈(K − i)/parts⌉ of them, so that
+  /// the parts together are the plan and, the points being sorted, each part's cache prefixes are
+  /// about as long as the others' (equal work). RangeError unless 0 ≤ i < parts ≤ K.
+  AugmentationPlan part(index_t i, index_t parts) const {
+    if (parts < 1 || parts > points_per_sequence || i < 0 || i >= parts)
+      detail::fail<RangeError>("AugmentationPlan::part: part ", i, " of ", parts, " of a plan with K = ",
+                               points_per_sequence, " points per sequence (1 ≤ parts ≤ K)");
+    const index_t count = (points_per_sequence - i + parts - 1) / parts;
+    AugmentationPlan out{batch, seq_len, count, n_ahead, {}};
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t j = i; j < points_per_sequence; j += parts) out.points.push_back(point(b, j));
+    return out;
+  }
+
   /// K distinct points per sequence, uniform over 0..T−1−N_A, drawn from `rng`.
   static AugmentationPlan random(index_t batch, index_t seq_len, index_t k, index_t n_ahead, Rng& rng) {
     check_sizes(batch, seq_len, k, n_ahead);

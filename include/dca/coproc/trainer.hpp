@@ -15,6 +15,7 @@
 #include "dca/data/corpus.hpp"
 #include "dca/train/loop.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <span>
@@ -22,6 +23,74 @@
 #include <vector>
 
 namespace dca {
+
+/// What one optimizer step on a coprocessor's structured loss returns.
+struct CoprocessorStep {
+  double loss = 0;                   // the objective
+  std::vector<double> per_position;  // mean cross-entropy of the n-th ahead token, n = 1..N_A
+  index_t parts = 1;                 // how many parts the batch was computed in
+};
+
+/// The number of parts coprocessor_step splits a plan into: one per thread of the library, at most
+/// one per point of a sequence, and 1 when the coprocessor cannot be split (a gate, the last-layer
+/// input) or runs inside a parallel region.
+template <Scalar T, index_t NumLatents, AheadObjective Objective>
+index_t coprocessor_step_parts(const Coprocessor<T, NumLatents, Objective>& coprocessor, const AugmentationPlan& plan) {
+  if (!coprocessor.splittable()) return 1;
+#if defined(_OPENMP)
+  if (omp_in_parallel()) return 1;
+#endif
+  return std::clamp<index_t>(num_threads(), 1, plan.points_per_sequence);
+}
+
+/// One optimizer step of `loop` (over the coprocessor's parameter groups) on the structured loss of
+/// ids [B·T] augmented at `plan`. On several threads the batch is split into parts — each a slice of
+/// every sequence's points (AugmentationPlan::part) — that run side by side, each on one thread
+/// with single-threaded kernels, after the frozen decoder's pass over the tokens, which they share
+/// (TrainingLoop::step_parts): at these model sizes that scales better than threading every op. The
+/// loss is each part's mean over its groups weighted by its share of them. On one thread (or for a
+/// coprocessor that cannot be split) it is the plain loss; the parts change the rounding, so runs
+/// compare bit for bit at the same thread count.
+template <Scalar T, index_t NumLatents, AheadObjective Objective>
+CoprocessorStep coprocessor_step(TrainingLoop<T>& loop, Coprocessor<T, NumLatents, Objective>& coprocessor,
+                                 Decoder<T>& decoder, std::span<const index_t> ids, const AugmentationPlan& plan) {
+  CoprocessorStep out;
+  out.parts = coprocessor_step_parts(coprocessor, plan);
+  if (out.parts == 1) {
+    out.loss = loop.step([&](Tape<T>& tape) {
+      AugmentedLoss<T> loss = coprocessor.loss(tape, decoder, ids, plan);
+      out.per_position = std::move(loss.per_position);
+      return loss.loss;
+    });
+    return out;
+  }
+  coprocessor.check_plan(ids, plan);
+  std::vector<AugmentationPlan> plans;
+  for (index_t i = 0; i < out.parts; ++i) plans.push_back(plan.part(i, out.parts));
+  std::vector<std::vector<double>> per_position(static_cast<std::size_t>(out.parts));
+  TokenPass<T> tokens;
+  out.loss = loop.step_parts(
+      out.parts,
+      [&](Tape<T>& tape) {
+        coprocessor.check_decoder(decoder, true);
+        tokens = Coprocessor<T, NumLatents, Objective>::read_tokens(tape, decoder, ids, plan.batch);
+      },
+      [&](Tape<T>& tape, index_t i) {
+        const AugmentationPlan& part = plans[static_cast<std::size_t>(i)];
+        AugmentedLoss<T> loss = coprocessor.loss_given_tokens(tape, decoder, ids, part, tokens);
+        per_position[static_cast<std::size_t>(i)] = std::move(loss.per_position);
+        const double share = static_cast<double>(part.groups()) / static_cast<double>(plan.groups());
+        return scale(loss.loss, static_cast<T>(share));
+      });
+  out.per_position.assign(per_position[0].size(), 0.0);
+  for (index_t i = 0; i < out.parts; ++i) {
+    const double share = static_cast<double>(plans[static_cast<std::size_t>(i)].groups()) /
+                         static_cast<double>(plan.groups());
+    for (std::size_t n = 0; n < out.per_position.size(); ++n)
+      out.per_position[n] += share * per_position[static_cast<std::size_t>(i)][n];
+  }
+  return out;
+}
 
 struct CoprocessorTrainerConfig {
   index_t batch_size = 8;            // sequences per step
@@ -92,12 +161,9 @@ class CoprocessorTrainer {
                                             std::span<const double>(config_.point_scores(batch)), points_rng_);
       return AugmentationPlan::random(sequences, length, k, n_ahead, points_rng_);
     }();
-    return loop_.step([&](Tape<T>& tape) {
-      AugmentedLoss<T> loss =
-          coprocessor_.loss(tape, decoder_, batch.inputs, plan);  // the window's first seq_len tokens
-      last_per_position_ = std::move(loss.per_position);
-      return loss.loss;
-    });
+    CoprocessorStep done = coprocessor_step(loop_, coprocessor_, decoder_, std::span<const index_t>(batch.inputs), plan);
+    last_per_position_ = std::move(done.per_position);
+    return done.loss;
   }
 
   /// Held-out per-position losses over up to `max_batches` fixed validation batches, each

@@ -7,6 +7,9 @@
 //   while (loop.step_count() < 500)
 //     loop.step([&](dca::Tape<float>& tape) { return model.loss(tape, ids, targets, batch); });
 //   loop.save_checkpoint("run/checkpoint.safetensors", {{"sampler", sampler.state()}});
+//
+// A loss made of independent parts (the halves of a batch) can instead run its parts side by side,
+// one thread each: loop.step_parts(2, shared_pass, part_loss).
 #pragma once
 
 #include "dca/autodiff/tape.hpp"
@@ -15,9 +18,11 @@
 #include "dca/train/optimizer.hpp"
 #include "dca/train/schedule.hpp"
 
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -82,16 +87,53 @@ class TrainingLoop {
     tape_.reset();
     const Var<T> loss = loss_of(tape_);
     tape_.backward(loss);
-    if (config_.grad_clip > 0) last_grad_norm_ = static_cast<double>(clip_grad_norm(parameters_, config_.grad_clip));
-    const double rate = learning_rate();
-    optimizer_.step(rate);
-    optimizer_.zero_grad();
-    ++step_count_;
-    const double value = static_cast<double>(loss.item());
-    if (curve_ && curve_->add_step(step_count_, value))
-      curve_->add_row(step_count_, rate,
-                      curve_->evaluation_due(step_count_) ? evaluate_(tape_) : std::vector<double>{});
-    return value;
+    return finish_step(static_cast<double>(loss.item()));
+  }
+
+  /// One optimizer step on a loss that is the sum of `parts` independent parts — the halves of a
+  /// batch, say: `shared(tape)` runs first, on the loop's tape (what every part reads, such as a
+  /// frozen model's pass over the whole batch, as constants), then `part(tape, i)` for each i in
+  /// [0, parts) on a tape of its own, returning that part's share of the loss ([1,1]). With at least
+  /// `parts` threads the parts run side by side, each on one thread with single-threaded kernels
+  /// (for small models this scales better than threading every op); otherwise one after the other.
+  /// Either way the result is the same bits: part i's gradients go to buffers of its own and are
+  /// added to the parameters' in part order. Returns the loss (the parts' sum).
+  template <class Shared, class Part>
+  double step_parts(index_t parts, Shared&& shared, Part&& part) {
+    if (parts < 1) detail::fail<RangeError>("TrainingLoop::step_parts: ", parts, " parts; at least one");
+    tape_.reset();
+    shared(tape_);
+    prepare_parts(parts);
+    std::vector<double> losses(static_cast<std::size_t>(parts), 0.0);
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
+    const auto run = [&](index_t i) {
+      try {
+        Tape<T>& tape = i == 0 ? tape_ : *part_tapes_[static_cast<std::size_t>(i - 1)];
+        const Var<T> loss = part(tape, i);
+        tape.backward(loss);
+        losses[static_cast<std::size_t>(i)] = static_cast<double>(loss.item());
+      } catch (...) {
+        errors[static_cast<std::size_t>(i)] = std::current_exception();
+      }
+    };
+#if defined(_OPENMP)
+    if (parts > 1 && num_threads() >= parts && !omp_in_parallel()) {
+#pragma omp parallel num_threads(static_cast<int>(parts))
+      for (index_t i = omp_get_thread_num(); i < parts; i += omp_get_num_threads()) run(i);
+    } else
+#endif
+    {
+      for (index_t i = 0; i < parts; ++i) run(i);
+    }
+    for (const std::exception_ptr& error : errors)
+      if (error) {
+        clear_part_gradients();
+        std::rethrow_exception(error);
+      }
+    add_part_gradients();
+    double loss = 0;
+    for (const double l : losses) loss += l;
+    return finish_step(loss);
   }
 
   /// The learning rate of the next step (before each group's multiplier).
@@ -140,10 +182,67 @@ class TrainingLoop {
     return config;
   }
 
+  // After the backward pass: clipping, the update, the step count and the learning curve.
+  double finish_step(double loss) {
+    if (config_.grad_clip > 0) last_grad_norm_ = static_cast<double>(clip_grad_norm(parameters_, config_.grad_clip));
+    const double rate = learning_rate();
+    optimizer_.step(rate);
+    optimizer_.zero_grad();
+    ++step_count_;
+    if (curve_ && curve_->add_step(step_count_, loss))
+      curve_->add_row(step_count_, rate, curve_->evaluation_due(step_count_) ? evaluate_(tape_) : std::vector<double>{});
+    return loss;
+  }
+
+  // Tapes and gradient buffers for parts 1..parts−1 (part 0 uses the loop's tape and the
+  // parameters' own buffers), kept from step to step; the buffers are zero between steps.
+  void prepare_parts(index_t parts) {
+    while (static_cast<index_t>(part_tapes_.size()) < parts - 1) {
+      part_tapes_.push_back(std::make_unique<Tape<T>>());
+      part_gradients_.emplace_back();
+      std::vector<std::pair<const Parameter<T>*, T*>> redirects;
+      for (Parameter<T>* p : parameters_) {
+        part_gradients_.back().emplace_back(p->shape());
+        redirects.emplace_back(p, part_gradients_.back().back().data());
+      }
+      part_tapes_.back()->redirect_gradients(std::move(redirects));
+    }
+    for (index_t i = 0; i + 1 < parts; ++i) part_tapes_[static_cast<std::size_t>(i)]->reset();
+    parts_in_use_ = parts;
+  }
+
+  // Adds the gradients parts 1.. computed to the parameters', in part order, zeroing the buffers.
+  void add_part_gradients() {
+    for (index_t i = 0; i + 1 < parts_in_use_; ++i)
+      for (std::size_t k = 0; k < parameters_.size(); ++k) {
+        if (!part_tapes_[static_cast<std::size_t>(i)]->redirect_used(k)) continue;
+        Tensor<T>& g = part_gradients_[static_cast<std::size_t>(i)][k];
+        T* into = parameters_[k]->grad_buffer();
+        T* from = g.data();
+        detail::parallel_chunks(g.numel(), detail::parallel_min_elements, g.numel(), [&](index_t begin, index_t end) {
+          detail::flat_range(into, begin, end) += detail::flat_range(static_cast<const T*>(from), begin, end);
+          std::fill(from + begin, from + end, T(0));  // zero between steps
+        });
+      }
+  }
+
+  // Zeroes the gradient buffers parts 1.. used.
+  void clear_part_gradients() {
+    for (index_t i = 0; i + 1 < parts_in_use_; ++i)
+      for (std::size_t k = 0; k < parameters_.size(); ++k)
+        if (part_tapes_[static_cast<std::size_t>(i)]->redirect_used(k)) {
+          Tensor<T>& g = part_gradients_[static_cast<std::size_t>(i)][k];
+          detail::zero_fill(g.data(), g.numel());
+        }
+  }
+
   OptimizationConfig config_;
   AdamW<T> optimizer_;
   std::vector<Parameter<T>*> parameters_;  // every group's, in group order
   Tape<T> tape_;
+  std::vector<std::unique_ptr<Tape<T>>> part_tapes_;             // step_parts: parts 1..
+  std::vector<std::vector<Tensor<T>>> part_gradients_;           // their gradients, per parameter
+  index_t parts_in_use_ = 1;
   index_t step_count_ = 0;
   double last_grad_norm_ = 0;
   std::optional<LearningCurve> curve_;

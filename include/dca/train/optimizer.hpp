@@ -142,6 +142,9 @@ class AdamW {
   void step(double lr) {
     detail::check_non_negative("AdamW::step", "lr", lr);
     ++step_count_;
+    updates_.clear();
+    blocks_.clear();
+    index_t elements = 0;
     for (std::size_t i = 0; i < table_.size(); ++i) {
       if (!table_.updatable(i)) continue;
       Parameter<T>& parameter = table_.parameter(i);
@@ -152,22 +155,30 @@ class AdamW {
       const double t = static_cast<double>(slots[0][0] += T(1));
       const double bias_correction1 = 1 - std::pow(config_.beta1, t);
       const double bias_correction2 = 1 - std::pow(config_.beta2, t);
-      const T decay = static_cast<T>(table_.decays(i) ? 1 - rate * table_.weight_decay(i) : 1.0);
-      const T beta1 = static_cast<T>(config_.beta1), beta2 = static_cast<T>(config_.beta2);
-      const T step_size = static_cast<T>(rate / bias_correction1);
-      const T sqrt_bias_correction2 = static_cast<T>(std::sqrt(bias_correction2));
-      const T eps = static_cast<T>(config_.eps);
-      T* p_data = parameter.value().data();
-      const T* g_data = parameter.grad().data();
-      T* m_data = slots[1].data();
-      T* v_data = slots[2].data();
-      detail::for_each_block(parameter.numel(), [&](index_t begin, index_t n) {
-        detail::ArrayMap<T> p(p_data + begin, n), m(m_data + begin, n), v(v_data + begin, n);
-        detail::ConstArrayMap<T> g(g_data + begin, n);
-        m = beta1 * m + (T(1) - beta1) * g;
-        v = beta2 * v + (T(1) - beta2) * g.square();
-        p = decay * p - step_size * (m / (v.sqrt() / sqrt_bias_correction2 + eps));
-      });
+      updates_.push_back({parameter.value().data(), parameter.grad().data(), slots[1].data(), slots[2].data(),
+                          static_cast<T>(table_.decays(i) ? 1 - rate * table_.weight_decay(i) : 1.0),
+                          static_cast<T>(rate / bias_correction1), static_cast<T>(std::sqrt(bias_correction2))});
+      for (index_t begin = 0; begin < parameter.numel(); begin += detail::optimizer_block)
+        blocks_.push_back({updates_.size() - 1, begin, std::min(detail::optimizer_block, parameter.numel() - begin)});
+      elements += parameter.numel();
+    }
+    // Every parameter's blocks in one loop, so that small parameters share the threads as well.
+    const T beta1 = static_cast<T>(config_.beta1), beta2 = static_cast<T>(config_.beta2);
+    const T eps = static_cast<T>(config_.eps);
+    [[maybe_unused]] const bool parallel = elements >= detail::optimizer_parallel_elements;
+    const auto count = static_cast<std::ptrdiff_t>(blocks_.size());
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+    for (std::ptrdiff_t b = 0; b < count; ++b) {
+      const Block& block = blocks_[static_cast<std::size_t>(b)];
+      const Update& u = updates_[block.update];
+      detail::ArrayMap<T> p(u.value + block.begin, block.n), m(u.exp_avg + block.begin, block.n),
+          v(u.exp_avg_sq + block.begin, block.n);
+      detail::ConstArrayMap<T> g(u.grad + block.begin, block.n);
+      m = beta1 * m + (T(1) - beta1) * g;
+      v = beta2 * v + (T(1) - beta2) * g.square();
+      p = u.decay * p - u.step_size * (m / (v.sqrt() / u.sqrt_bias_correction2 + eps));
     }
   }
   /// One update at the configured learning rate.
@@ -204,9 +215,25 @@ class AdamW {
     return config;
   }
 
+  // One parameter's update of a step, and one block of it: the work items of the step's loop,
+  // kept between steps so that a step allocates nothing.
+  struct Update {
+    T* value;
+    const T* grad;
+    T* exp_avg;
+    T* exp_avg_sq;
+    T decay, step_size, sqrt_bias_correction2;
+  };
+  struct Block {
+    std::size_t update;
+    index_t begin, n;
+  };
+
   AdamWConfig config_;
   detail::ParameterTable<T> table_;
   index_t step_count_ = 0;
+  std::vector<Update> updates_;
+  std::vector<Block> blocks_;
 };
 
 /// SGD with momentum, PyTorch's update (no dampening, no Nesterov), per parameter p with gradient g:

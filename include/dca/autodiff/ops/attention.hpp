@@ -181,15 +181,6 @@ StridedMap<T> mutable_head_block(T* data, index_t cols, index_t begin, index_t c
   return {count > 0 ? data + begin * cols + head * d : data, count, d, Eigen::OuterStride<>(cols)};
 }
 
-// The calling thread's index in the current parallel team: its slot in per-thread scratch.
-inline int attention_thread_slot() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // Turns row i of a group's scores [n_keys] into probabilities over its visible keys, in place.
 // Hidden keys get an exact 0, so the backward pass needs no visibility information.
 template <Scalar T>
@@ -487,7 +478,7 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
   // Small calls (a decode step of a small model, unit tests) stay on one thread: opening a parallel
   // region costs more than their work.
   const bool parallel = static_cast<double>(total_probs) * static_cast<double>(D) >= detail::attention_parallel_work;
-  const int n_slots = parallel ? static_cast<int>(std::clamp<index_t>(layout.n_tasks(), 1, num_threads())) : 1;
+  const int n_slots = parallel ? detail::task_threads(layout.n_tasks()) : 1;
   // A parameter used twice shares one adjoint: if q's is also k's or v's, concurrent tasks could
   // add to the same rows, so that backward runs on one thread.
   const bool shared_adjoint = qo.active() && (qo.adjoint == ko.adjoint || qo.adjoint == vo.adjoint);
@@ -497,14 +488,14 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
   T* output = y.mutable_data();
   std::fill(output, output + Nq * H * D, T(0));
   const index_t n_tasks = layout.n_tasks(), per_kv = layout.heads_per_kv();
-  detail::parallel_tasks(n_tasks, n_slots, [&](index_t task) {
+  detail::parallel_tasks(n_tasks, n_slots, [&](index_t task, int slot) {
     const index_t g = task / Hkv, kv_head = task % Hkv;
     const AttentionGroup& group = layout.groups[g];
     const index_t head_probs = group.q_count * detail::attention_keys(group);
     if (head_probs == 0) return;
     for (index_t head = kv_head * per_kv; head < (kv_head + 1) * per_kv; ++head) {
       const index_t at = prob_offset[g] + head * head_probs;
-      T* head_p = stored ? probs + at : probs + detail::attention_thread_slot() * slot_size;
+      T* head_p = stored ? probs + at : probs + slot * slot_size;
       detail::attention_forward_head(layout, visibility, group, head, qo, ko, vo, output, head_p,
                                      capped ? capped + at : nullptr);
     }
@@ -519,12 +510,11 @@ Var<T> attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Attent
                   stats = &tape.stats()] {
     std::fill(thread_stats, thread_stats + backward_slots, TapeStats{});
     const index_t n_tasks = layout.n_tasks(), Hkv = layout.n_kv_heads, per_kv = layout.heads_per_kv();
-    detail::parallel_tasks(n_tasks, std::min(backward_slots, num_threads()), [&](index_t task) {
+    detail::parallel_tasks(n_tasks, std::min(backward_slots, detail::task_threads(n_tasks)), [&](index_t task, int slot) {
       const index_t g = task / Hkv, kv_head = task % Hkv;
       const AttentionGroup& group = layout.groups[g];
       const index_t head_probs = group.q_count * detail::attention_keys(group);
       if (head_probs == 0) return;
-      const int slot = detail::attention_thread_slot();
       for (index_t head = kv_head * per_kv; head < (kv_head + 1) * per_kv; ++head) {
         const index_t at = prob_offset[g] + head * head_probs;
         detail::attention_backward_head(layout, group, head, qo, ko, vo, yo, probs + at, capped ? capped + at : nullptr,
