@@ -1,14 +1,17 @@
 // Specifications of layer_norm and rms_norm (dca/autodiff/ops/norm.hpp) and embedding
 // (dca/autodiff/ops/embedding.hpp): values against textbook loops, gradients against finite
-// differences, activity of constant inputs, and the error messages of bad inputs.
+// differences (and, for a padding id, against hand-computed sums), activity of constant inputs,
+// and the error messages of bad inputs.
 #include "dca/autodiff/gradcheck.hpp"
 #include "dca/autodiff/ops/embedding.hpp"
+#include "dca/autodiff/ops/matmul.hpp"
 #include "dca/autodiff/ops/norm.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -225,6 +228,51 @@ TEST_CASE("embedding backward adds the gradient of every occurrence of a repeate
   CHECK(grad(2, 1) == 2 + 200 + 2000);
 }
 
+TEST_CASE("embedding reads the padding id's row as usual, but its lookups add no gradient to the table") {
+  const std::vector<index_t> ids{2, 0, 2, 1};
+  const Tensor<double> seed(Shape{4, 2}, {1, 2, 10, 20, 100, 200, 1000, 2000});
+  const Tensor<double> values = random_tensor(Shape{3, 2}, 32);
+  dca::Tape<double> tape;
+  auto table = tape.variable(values);
+  auto y = dca::embedding(table, ids, index_t{2});
+  CHECK(y.value()(0, 0) == values(2, 0));  // the padding row is still looked up
+  CHECK(y.value()(2, 1) == values(2, 1));
+  tape.backward(y, seed);
+  const auto grad = table.grad();
+  CHECK(grad(0, 0) == 10);  // other rows accumulate as without a padding id
+  CHECK(grad(0, 1) == 20);
+  CHECK(grad(1, 0) == 1000);
+  CHECK(grad(1, 1) == 2000);
+  CHECK(grad(2, 0) == 0);  // looked up twice, but it is the padding row
+  CHECK(grad(2, 1) == 0);
+}
+
+TEST_CASE("a padded lookup and a tied head share a table: the padding row gets the head's gradient alone") {
+  // E [3,2]; x = E[ids] with ids {0, 2} and padding id 0; logits = x·Eᵀ [2,3], seeded with G.
+  // By hand: the head adds Gᵀ·x = rows [1,2], [5,6], [2,4]; the lookups add dx = G·E = rows
+  // [11,14] (to row 0, the padding row: dropped) and [3,4] (to row 2).
+  const Tensor<double> E(Shape{3, 2}, {1, 2, 3, 4, 5, 6});
+  const Tensor<double> G(Shape{2, 3}, {1, 0, 2, 0, 1, 0});
+  const std::vector<index_t> ids{0, 2};
+  auto gradient = [&](std::optional<index_t> padding_id) {
+    dca::Tape<double> tape;
+    auto table = tape.variable(E);
+    tape.backward(dca::linear(dca::embedding(table, ids, padding_id), table), G);
+    return Tensor<double>(table.grad());
+  };
+  const Tensor<double> padded = gradient(index_t{0});
+  CHECK(padded(0, 0) == 1);  // the head's [1,2] alone
+  CHECK(padded(0, 1) == 2);
+  CHECK(padded(1, 0) == 5);
+  CHECK(padded(1, 1) == 6);
+  CHECK(padded(2, 0) == 2 + 3);
+  CHECK(padded(2, 1) == 4 + 4);
+  const Tensor<double> plain = gradient(std::nullopt);
+  CHECK(plain(0, 0) == 1 + 11);  // without a padding id, row 0's lookup counts too
+  CHECK(plain(0, 1) == 2 + 14);
+  CHECK(plain(2, 0) == padded(2, 0));
+}
+
 TEST_CASE("embedding rejects an out-of-range id naming the id, its position and the vocabulary size") {
   dca::Tape<double> tape;
   auto table = tape.variable(random_tensor(Shape{5, 3}, 33));
@@ -234,6 +282,11 @@ TEST_CASE("embedding rejects an out-of-range id naming the id, its position and 
                        doctest::Contains("embedding: id 7 at position 2 of ids is outside [0,5)"), dca::RangeError);
   CHECK_THROWS_WITH_AS(dca::embedding(table, negative),
                        doctest::Contains("embedding: id -1 at position 0 of ids is outside [0,5)"), dca::RangeError);
+  const std::vector<index_t> ids{0, 1};
+  CHECK_THROWS_WITH_AS(dca::embedding(table, ids, index_t{5}),
+                       doctest::Contains("embedding: padding id 5 is outside [0,5)"), dca::RangeError);
+  CHECK_THROWS_WITH_AS(dca::embedding(table, ids, index_t{-1}),
+                       doctest::Contains("embedding: padding id -1 is outside [0,5)"), dca::RangeError);
 }
 
 TEST_CASE("embedding in float gathers the same values as in double") {

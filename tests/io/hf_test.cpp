@@ -1,12 +1,16 @@
 // Specification of Hugging Face model directories: config.json mapping, save/load round trips for
-// every architecture and size, and all-or-nothing loading with errors that name the problem.
+// every architecture and size, sharded saves as transformers shards, dtypes kept from load to
+// save, and all-or-nothing loading with errors that name the problem.
 #include "dca/io/hf.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -170,5 +174,242 @@ TEST_CASE("config.json problems name the file and the field") {
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}};
   write_json(path, j);
   CHECK_THROWS_WITH_AS(dca::read_hf_config(path), doctest::Contains("rope type 'yarn' is not supported"),
+                       dca::FormatError);
+}
+
+namespace {
+
+// The file names in `directory`, sorted.
+std::vector<std::string> hf_listing(const std::filesystem::path& directory) {
+  std::vector<std::string> names;
+  for (const auto& item : std::filesystem::directory_iterator(directory)) names.push_back(item.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+nlohmann::json hf_read_json(const std::filesystem::path& path) { return nlohmann::json::parse(dca::read_text_file(path)); }
+
+// A small untied Llama: 21 tensors, about 11 kB in F32, the largest (embeddings, head) 1,104 bytes.
+DecoderConfig hf_sharding_config() {
+  auto config = DecoderConfig::llama({.vocab = 23, .dim = 12, .layers = 2, .heads = 3, .kv_heads = 1, .mlp = 20});
+  config.tie_embeddings = false;
+  return config;
+}
+
+// Every parameter's values, in order.
+template <class T>
+std::vector<std::vector<T>> hf_values(dca::Decoder<T>& decoder) {
+  std::vector<std::vector<T>> values;
+  for (auto* p : decoder.parameters()) values.emplace_back(p->value().span().begin(), p->value().span().end());
+  return values;
+}
+
+}  // namespace
+
+TEST_CASE("a decoder above max_shard_size is saved as transformers' shards plus index, and loads back identically") {
+  dca::test::TempDir dir;
+  dca::Decoder<double> original(hf_sharding_config(), 7);
+  std::vector<std::uint64_t> sizes;
+  std::uint64_t total = 0;
+  for (auto* p : original.parameters()) total += sizes.emplace_back(static_cast<std::uint64_t>(p->numel()) * 4);
+  const std::uint64_t limit = 1500;  // a few tensors per shard
+  const auto plan = dca::plan_shards(sizes, limit);
+  REQUIRE(plan.size() > 2);
+  dca::save_hf_decoder(original, dir.path, {.max_shard_size = limit});
+
+  std::vector<std::string> expected_files = {"config.json", "model.safetensors.index.json"};
+  for (std::size_t s = 1; s <= plan.size(); ++s) expected_files.push_back(dca::shard_file_name("model", s, plan.size()));
+  std::sort(expected_files.begin(), expected_files.end());
+  CHECK(hf_listing(dir.path) == expected_files);
+
+  const nlohmann::json index = hf_read_json(dir.path / "model.safetensors.index.json");
+  CHECK(index.at("metadata").at("total_size") == total);
+  CHECK(index.at("metadata").at("total_parameters") == original.parameter_count());
+  const auto parameters = original.parameters();
+  for (std::size_t s = 0; s < plan.size(); ++s) {
+    const std::string shard = dca::shard_file_name("model", s + 1, plan.size());
+    const auto file = dca::SafeTensors::read(dir.path / shard);
+    CHECK(file.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
+    std::vector<std::string> expected_names;
+    for (std::size_t i : plan[s]) {
+      expected_names.push_back(parameters[i]->name());
+      CHECK(index.at("weight_map").at(parameters[i]->name()) == shard);
+    }
+    std::vector<std::string> names = file.names();
+    std::sort(names.begin(), names.end());
+    std::sort(expected_names.begin(), expected_names.end());
+    CHECK(names == expected_names);
+  }
+  CHECK(index.at("weight_map").size() == parameters.size());
+
+  auto loaded = dca::load_hf_decoder<double>(dir.path);
+  dca::Decoder<double> rounded = original;  // stored as float32
+  for (auto* p : rounded.parameters())
+    for (index_t i = 0; i < p->numel(); ++i) p->value()[i] = static_cast<float>(p->value()[i]);
+  CHECK(hf_values(loaded) == hf_values(rounded));
+  const std::vector<index_t> ids = {1, 5, 22, 0, 7};
+  CHECK(logits_of(loaded, ids) == logits_of(rounded, ids));
+}
+
+TEST_CASE("a save replaces an earlier one: stale shards, index or single file are removed, other files kept") {
+  dca::test::TempDir dir;
+  dca::Decoder<float> model(hf_sharding_config(), 3);
+  std::ofstream(dir.path / "tokenizer.json") << "{}";
+  std::ofstream(dir.path / "model-notes.txt") << "kept";
+
+  dca::save_hf_decoder(model, dir.path, {.max_shard_size = 1200});
+  const std::size_t many = hf_listing(dir.path).size() - 4;  // config, index, tokenizer, notes
+  REQUIRE(many > 3);
+  dca::save_hf_decoder(model, dir.path, {.max_shard_size = 4000});  // fewer shards: the extra ones go
+  std::vector<std::string> files = hf_listing(dir.path);
+  const auto shard_count = static_cast<std::size_t>(
+      std::count_if(files.begin(), files.end(), [](const std::string& f) { return dca::is_shard_file_name(f, "model"); }));
+  CHECK(shard_count > 1);
+  CHECK(shard_count < many);
+  CHECK(files.size() == shard_count + 4);
+  CHECK(std::find(files.begin(), files.end(), dca::shard_file_name("model", shard_count, shard_count)) != files.end());
+
+  dca::save_hf_decoder(model, dir.path);  // one file: index and shards go
+  CHECK(hf_listing(dir.path) ==
+        std::vector<std::string>{"config.json", "model-notes.txt", "model.safetensors", "tokenizer.json"});
+  auto single = dca::load_hf_decoder<float>(dir.path);
+  CHECK(hf_values(single) == hf_values(model));
+
+  dca::save_hf_decoder(model, dir.path, {.max_shard_size = 4000});  // shards again: model.safetensors goes
+  files = hf_listing(dir.path);
+  CHECK(std::find(files.begin(), files.end(), "model.safetensors") == files.end());
+  CHECK(std::find(files.begin(), files.end(), "model.safetensors.index.json") != files.end());
+  auto loaded = dca::load_hf_decoder<float>(dir.path);
+  CHECK(hf_values(loaded) == hf_values(model));
+}
+
+TEST_CASE("a checkpoint loads recording the dtype it was stored in, saves back in it, or in the dtype asked for") {
+  const auto config = DecoderConfig::gpt2({.vocab = 19, .dim = 8, .layers = 1, .heads = 2, .max_positions = 16});
+  dca::Decoder<float> original(config, 5);
+  CHECK(original.config().storage_dtype == dca::DType::f32);  // a model made in dca
+
+  for (const auto& [dtype, torch_name] : {std::pair{dca::DType::bf16, "bfloat16"}, std::pair{dca::DType::f16, "float16"}}) {
+    CAPTURE(torch_name);
+    dca::test::TempDir first, second, third;
+    dca::save_hf_decoder(original, first.path, {.dtype = dtype});
+    CHECK(hf_read_json(first.path / "config.json").at("dtype") == torch_name);
+    for (const auto& e : dca::SafeTensors::read(first.path / "model.safetensors").entries()) CHECK(e.dtype == dtype);
+
+    auto loaded = dca::load_hf_decoder<float>(first.path);
+    CHECK(loaded.config().storage_dtype == dtype);
+    const auto originals = hf_values(original), values = hf_values(loaded);
+    for (std::size_t p = 0; p < values.size(); ++p)
+      for (std::size_t i = 0; i < values[p].size(); ++i) {
+        const float v = originals[p][i];
+        const float stored = dtype == dca::DType::bf16 ? dca::detail::bf16_to_float(dca::detail::float_to_bf16(v))
+                                                       : dca::detail::f16_to_float(dca::detail::float_to_f16(v));
+        CHECK(values[p][i] == stored);
+      }
+
+    // Saved again without options: the same dtype, and the very same bytes.
+    dca::save_hf_decoder(loaded, second.path);
+    CHECK(dca::read_file(second.path / "model.safetensors") == dca::read_file(first.path / "model.safetensors"));
+    CHECK(hf_read_json(second.path / "config.json").at("dtype") == torch_name);
+
+    // Asked for float32: stored so, and said so.
+    dca::save_hf_decoder(loaded, third.path, {.dtype = dca::DType::f32});
+    CHECK(hf_read_json(third.path / "config.json").at("dtype") == "float32");
+    for (const auto& e : dca::SafeTensors::read(third.path / "model.safetensors").entries()) CHECK(e.dtype == dca::DType::f32);
+    CHECK(dca::load_hf_decoder<float>(third.path).config().storage_dtype == dca::DType::f32);
+  }
+  dca::test::TempDir dir;
+  CHECK_THROWS_WITH_AS(dca::save_hf_decoder(original, dir.path, {.dtype = dca::DType::i32}),
+                       doctest::Contains("save_hf_decoder: weights cannot be stored as I32"), dca::UsageError);
+}
+
+TEST_CASE("config.json's dtype (or torch_dtype) is read, and decides the storage dtype when the tensors' dtypes differ") {
+  nlohmann::json j = dca::hf_config_to_json(DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12}));
+  CHECK(j.at("dtype") == "float32");
+  j["dtype"] = "bfloat16";
+  CHECK(dca::hf_config_from_json(j).storage_dtype == dca::DType::bf16);
+  j.erase("dtype");
+  CHECK(dca::hf_config_from_json(j).storage_dtype == dca::DType::f32);
+  j["torch_dtype"] = "float16";  // transformers before 4.56
+  CHECK(dca::hf_config_from_json(j).storage_dtype == dca::DType::f16);
+  j["dtype"] = "int8";
+  CHECK_THROWS_WITH_AS(dca::hf_config_from_json(j, "c.json"),
+                       doctest::Contains("c.json: dtype 'int8' is not supported (float32, float64, bfloat16, float16)"),
+                       dca::FormatError);
+
+  // Norms kept in F32 beside BF16 weights (as some checkpoints do): config.json's dtype decides.
+  dca::test::TempDir dir;
+  const auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12});
+  dca::Decoder<float> model(config, 2);
+  auto write_checkpoint = [&](const char* config_dtype, bool mixed) {
+    nlohmann::json c = dca::hf_config_to_json(config);
+    c["dtype"] = config_dtype;
+    write_json(dir.path / "config.json", c);
+    dca::SafeTensorsWriter w;
+    for (auto* p : model.parameters())
+      w.add(p->name(), std::as_const(p->value()).view(),
+            mixed && p->name().find("norm") != std::string::npos ? dca::DType::f32 : dca::DType::bf16);
+    w.write(dir.path / "model.safetensors");
+  };
+  write_checkpoint("bfloat16", true);
+  CHECK(dca::load_hf_decoder<float>(dir.path).config().storage_dtype == dca::DType::bf16);
+  write_checkpoint("float16", true);
+  CHECK(dca::load_hf_decoder<float>(dir.path).config().storage_dtype == dca::DType::f16);
+  write_checkpoint("float32", false);  // the tensors agree: they win over config.json
+  CHECK(dca::load_hf_decoder<float>(dir.path).config().storage_dtype == dca::DType::bf16);
+}
+
+TEST_CASE("a sharded checkpoint whose last shard does not fit the model is named, and nothing is loaded") {
+  dca::test::TempDir dir;
+  dca::Decoder<float> source(hf_sharding_config(), 1);
+  dca::save_hf_decoder(source, dir.path, {.max_shard_size = 2000});
+  const nlohmann::json index = hf_read_json(dir.path / "model.safetensors.index.json");
+  std::string last_shard;
+  for (const auto& [tensor, shard] : index.at("weight_map").items()) last_shard = std::max(last_shard, shard.get<std::string>());
+  // Rewrite the last shard with one of its tensors flattened.
+  const auto shard_path = dir.path / last_shard;
+  const auto original_shard = dca::SafeTensors::read(shard_path);
+  std::string victim;  // a matrix, so that flattening changes its shape
+  for (const auto& e : original_shard.entries())
+    if (victim.empty() && e.shape.size() == 2) victim = e.name;
+  REQUIRE_FALSE(victim.empty());
+  dca::SafeTensorsWriter w;
+  for (const auto& e : original_shard.entries()) {
+    auto t = original_shard.tensor<float>(e.name);
+    if (e.name == victim) t = dca::Tensor<float>(dca::Shape{t.numel()}, t.span());
+    w.add(e.name, t);
+  }
+  w.write(shard_path);
+
+  dca::Decoder<float> target(hf_sharding_config(), 2);
+  const auto before = hf_values(target);
+  const std::string expected_shape = source.parameter(victim).shape().str();
+  CHECK_THROWS_WITH_AS(
+      dca::load_hf_weights(target, dca::open_hf_weights(dir.path)),
+      doctest::Contains(("safetensors file \"" + shard_path.string() + "\": tensor '" + victim + "' is [" +
+                         std::to_string(source.parameter(victim).numel()) + "] but the model expects " + expected_shape)
+                            .c_str()),
+      dca::FormatError);
+  CHECK(hf_values(target) == before);
+  CHECK_THROWS_AS(dca::load_hf_decoder<float>(dir.path), dca::FormatError);
+}
+
+TEST_CASE("a directory without weights, or an integer tensor in place of a weight, is named") {
+  dca::test::TempDir dir;
+  const auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12});
+  write_json(dir.path / "config.json", dca::hf_config_to_json(config));
+  CHECK_THROWS_WITH_AS(dca::load_hf_decoder<float>(dir.path),
+                       doctest::Contains("holds neither model.safetensors nor model.safetensors.index.json"), dca::IoError);
+
+  dca::Decoder<float> model(config, 1);
+  dca::SafeTensorsWriter w;
+  for (auto* p : model.parameters()) {
+    if (p->name() == "model.norm.weight")
+      w.add_integers(p->name(), std::vector<std::int64_t>(8, 1), {8});
+    else
+      w.add(p->name(), std::as_const(p->value()).view());
+  }
+  w.write(dir.path / "model.safetensors");
+  CHECK_THROWS_WITH_AS(dca::load_hf_decoder<float>(dir.path),
+                       doctest::Contains("model.safetensors: tensor 'model.norm.weight' holds I64 integers, not weights"),
                        dca::FormatError);
 }

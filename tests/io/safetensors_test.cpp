@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -202,7 +203,7 @@ TEST_CASE("a format error in a file read from disk names the file") {
       dca::FormatError);
 }
 
-TEST_CASE("F32, F64, BF16, I64 and I32 tensors and metadata survive a write-read round trip exactly") {
+TEST_CASE("F32, F64, BF16, F16, I64 and I32 tensors and metadata survive a write-read round trip exactly") {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const Tensor<float> f32(Shape{2, 3}, {1.5f, -0.0f, 1e-40f /* subnormal */, 3.4028235e38f, -inf, nan});
@@ -210,6 +211,8 @@ TEST_CASE("F32, F64, BF16, I64 and I32 tensors and metadata survive a write-read
   // Values bfloat16 holds exactly (bit patterns 0x3FC0, 0xBC00, 0x7F00, 0x0001), so nothing rounds.
   const Tensor<float> bf16(
       Shape{2, 2}, {from_bf16_bits(0x3FC0), from_bf16_bits(0xBC00), from_bf16_bits(0x7F00), from_bf16_bits(0x0001)});
+  // Values half precision holds exactly: its largest finite value, its smallest subnormal (2^-24), -0.
+  const Tensor<double> f16(Shape{4}, {1.5, 65504.0, 0x1p-24, -0.0});
   const Tensor<double> scalar(Shape{}, {42.25});
   const Tensor<float> empty(Shape{0, 4});
   const std::vector<std::int64_t> i64{std::numeric_limits<std::int64_t>::min(), -1, 0,
@@ -221,6 +224,7 @@ TEST_CASE("F32, F64, BF16, I64 and I32 tensors and metadata survive a write-read
   writer.add("weights.f32", f32);
   writer.add("weights.f64", f64);
   writer.add("weights.bf16", bf16, DType::bf16);
+  writer.add("weights.f16", f16, DType::f16);
   writer.add("scalar", scalar.view());
   writer.add("empty", empty);
   writer.add_integers("ids.i64", i64, {2, 2});
@@ -238,6 +242,7 @@ TEST_CASE("F32, F64, BF16, I64 and I32 tensors and metadata survive a write-read
   CHECK(file.entry("weights.f32").dtype == DType::f32);
   CHECK(file.entry("weights.f64").dtype == DType::f64);
   CHECK(file.entry("weights.bf16").dtype == DType::bf16);
+  CHECK(file.entry("weights.f16").dtype == DType::f16);
   CHECK(file.entry("ids.i64").dtype == DType::i64);
   CHECK(file.entry("ids.i32").dtype == DType::i32);
   CHECK(file.entry("ids.i64").shape == std::vector<dca::index_t>{2, 2});
@@ -251,6 +256,9 @@ TEST_CASE("F32, F64, BF16, I64 and I32 tensors and metadata survive a write-read
   const Tensor<float> bf16_read = file.tensor<float>("weights.bf16");
   CHECK(bf16_read.shape() == Shape{2, 2});
   for (dca::index_t i = 0; i < bf16.numel(); ++i) CHECK(bits(bf16_read[i]) == bits(bf16[i]));
+  const Tensor<double> f16_read = file.tensor<double>("weights.f16");
+  for (dca::index_t i = 0; i < f16.numel(); ++i)
+    CHECK(std::bit_cast<std::uint64_t>(f16_read[i]) == std::bit_cast<std::uint64_t>(f16[i]));
   CHECK(file.tensor<double>("scalar").shape() == Shape{});
   CHECK(file.tensor<double>("scalar")[0] == 42.25);
   CHECK(file.tensor<float>("empty").shape() == Shape{0, 4});
@@ -368,6 +376,172 @@ TEST_CASE("F16 data decodes exactly, including subnormals, infinities, NaN and n
     CHECK(std::signbit(as_float[static_cast<dca::index_t>(i)]) == std::signbit(halves[i].second));
   }
   CHECK(std::isnan(as_float[11]));
+}
+
+TEST_CASE("F16 storage rounds to nearest with ties to even: every half is kept and every midpoint goes to the even neighbour") {
+  using dca::detail::double_to_f16;
+  using dca::detail::f16_to_float;
+  using dca::detail::float_to_f16;
+  // Exhaustive over the 65536 bit patterns. f16_to_float is exact (tested above), and a midpoint of
+  // two halves needs 12 significant bits, so it is exact in float and in double.
+  std::string first_failure;
+  const auto expect = [&](std::uint16_t got, std::uint16_t wanted, const char* what, double value) {
+    if (got != wanted && first_failure.empty())
+      first_failure = std::string(what) + " of " + std::to_string(value) + " gave " + std::to_string(got) +
+                      ", expected " + std::to_string(wanted);
+  };
+  for (std::uint32_t pattern = 0; pattern < 0x10000; ++pattern) {
+    const auto half = static_cast<std::uint16_t>(pattern);
+    const float value = f16_to_float(half);
+    if (std::isnan(value)) {
+      if (!std::isnan(f16_to_float(float_to_f16(value))) || !std::isnan(f16_to_float(double_to_f16(value))))
+        first_failure = "a NaN did not stay NaN";
+      continue;
+    }
+    expect(float_to_f16(value), half, "float_to_f16", value);
+    expect(double_to_f16(value), half, "double_to_f16", value);
+    // Midpoints between a positive finite half and the next one (below the largest, 65504).
+    if ((half & 0x8000u) != 0 || half >= 0x7BFF) continue;
+    const auto next = static_cast<std::uint16_t>(half + 1);
+    const double mid = (static_cast<double>(value) + static_cast<double>(f16_to_float(next))) / 2;
+    const std::uint16_t even = (half & 1u) != 0 ? next : half;
+    expect(float_to_f16(static_cast<float>(mid)), even, "float_to_f16 (midpoint)", mid);
+    expect(double_to_f16(mid), even, "double_to_f16 (midpoint)", mid);
+    expect(double_to_f16(-mid), static_cast<std::uint16_t>(even | 0x8000u), "double_to_f16 (negative midpoint)", -mid);
+    expect(float_to_f16(std::nextafter(static_cast<float>(mid), 1e9f)), next, "float_to_f16 (above the midpoint)", mid);
+    expect(float_to_f16(std::nextafter(static_cast<float>(mid), 0.0f)), half, "float_to_f16 (below the midpoint)", mid);
+    expect(double_to_f16(std::nextafter(mid, 1e9)), next, "double_to_f16 (above the midpoint)", mid);
+    expect(double_to_f16(std::nextafter(mid, 0.0)), half, "double_to_f16 (below the midpoint)", mid);
+  }
+  CHECK(first_failure == "");
+
+  // Overflow: 65520 is the midpoint between 65504 (odd) and 2^16 (even, beyond the range): infinity.
+  CHECK(float_to_f16(65519.0f) == 0x7BFF);
+  CHECK(float_to_f16(65520.0f) == 0x7C00);
+  CHECK(double_to_f16(65519.999999) == 0x7BFF);
+  CHECK(double_to_f16(-1e300) == 0xFC00);
+  CHECK(float_to_f16(-std::numeric_limits<float>::infinity()) == 0xFC00);
+  // Underflow: 2^-25 is the midpoint between 0 (even) and the smallest subnormal.
+  CHECK(double_to_f16(0x1p-25) == 0x0000);
+  CHECK(double_to_f16(0x1p-25 + 0x1p-60) == 0x0001);
+  CHECK(double_to_f16(-1e-300) == 0x8000);
+  CHECK(float_to_f16(std::numeric_limits<float>::denorm_min()) == 0x0000);
+  // Directly from double: rounding to float first would land on the midpoint 1 + 2^-11 and then
+  // round to 1; the correct result is the half above, 1 + 2^-10.
+  CHECK(double_to_f16(1.0 + 0x1p-11 + 0x1p-40) == 0x3C01);
+  // A signalling NaN whose payload lies only in the bits a half drops must not become infinity.
+  CHECK(std::isnan(f16_to_float(float_to_f16(std::bit_cast<float>(0x7F800001u)))));
+
+  SafeTensorsWriter writer;
+  writer.add("h", Tensor<double>(Shape{3}, {1.0 + 0x1p-11 + 0x1p-40, 65520.0, 0x1p-24}), DType::f16);
+  const Tensor<float> read = SafeTensors::parse(writer.bytes()).tensor<float>("h");
+  CHECK(read[0] == 1.0f + 0x1p-10f);
+  CHECK(read[1] == std::numeric_limits<float>::infinity());
+  CHECK(read[2] == 0x1p-24f);
+}
+
+TEST_CASE("a file read from disk is memory-mapped and every tensor reads with the bits its bytes parse to in memory") {
+  for (const char* name : {"gpt2/model.safetensors", "llama/model.safetensors", "gpt2/reference.safetensors"}) {
+    CAPTURE(name);
+    const SafeTensors mapped = SafeTensors::read(fixture(name));
+    const SafeTensors parsed = SafeTensors::parse(file_bytes(fixture(name)));
+    CHECK(mapped.memory_mapped());
+    CHECK_FALSE(parsed.memory_mapped());
+    REQUIRE(mapped.names() == parsed.names());
+    CHECK(mapped.metadata() == parsed.metadata());
+    for (const dca::TensorEntry& e : mapped.entries()) {
+      CAPTURE(e.name);
+      if (!dca::is_floating_point(e.dtype)) {
+        CHECK(mapped.integers(e.name) == parsed.integers(e.name));
+        continue;
+      }
+      const Tensor<double> a = mapped.tensor<double>(e.name);
+      const Tensor<double> b = parsed.tensor<double>(e.name);
+      CHECK(a.shape() == b.shape());
+      CHECK(std::equal(a.span().begin(), a.span().end(), b.span().begin(), [](double x, double y) {
+        return std::bit_cast<std::uint64_t>(x) == std::bit_cast<std::uint64_t>(y);
+      }));
+    }
+  }
+}
+
+TEST_CASE("tensors larger than one conversion part read back whole from a mapped file, floats and integers") {
+  // More than 8 MiB each, so conversion runs in several parts whose pages are released in turn.
+  const dca::index_t n = 3'000'001;  // 12 MB of F32; odd, so the last part is short
+  Tensor<float> big(Shape{n});
+  // Quarters k/4 with |k| < 2048: 11 significant bits, which a half holds exactly.
+  for (dca::index_t i = 0; i < n; ++i) big[i] = static_cast<float>(i % 2048) * 0.25f - static_cast<float>(i % 7);
+  std::vector<std::int64_t> ids(2'500'003);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(i * 2654435761u % 2147483647u) - (1 << 30);
+  SafeTensorsWriter writer;
+  writer.add("big", big);
+  writer.add("big.f16", big, DType::f16);
+  writer.add_integers("ids", ids, {static_cast<dca::index_t>(ids.size())}, DType::i32);
+  const TemporaryDirectory dir;
+  writer.write(dir.path / "big.safetensors");
+  const SafeTensors file = SafeTensors::read(dir.path / "big.safetensors");
+
+  const Tensor<float> read = file.tensor<float>("big");
+  CHECK(std::equal(read.span().begin(), read.span().end(), big.span().begin()));
+  Tensor<double> halves(Shape{n});
+  file.read_into("big.f16", halves.view());
+  dca::index_t wrong = 0;
+  for (dca::index_t i = 0; i < n; ++i) wrong += halves[i] != static_cast<double>(big[i]);
+  CHECK(wrong == 0);
+  CHECK(file.integers("ids") == ids);
+}
+
+TEST_CASE("read_into converts into existing memory, and a destination of another shape is refused and left untouched") {
+  SafeTensorsWriter writer;
+  writer.add("w", Tensor<float>(Shape{2, 3}, {1, 2, 3, 4, 5, 6}), DType::bf16);
+  writer.add_integers("ids", std::vector<std::int64_t>{1, 2}, {2});
+  const SafeTensors file = SafeTensors::parse(writer.bytes());
+
+  Tensor<double> into(Shape{2, 3}, -1.0);
+  file.read_into("w", into.view());
+  CHECK(std::vector<double>(into.span().begin(), into.span().end()) == std::vector<double>{1, 2, 3, 4, 5, 6});
+
+  Tensor<double> transposed(Shape{3, 2}, -1.0);
+  CHECK_THROWS_WITH_AS(file.read_into("w", transposed.view()),
+                       doctest::Contains("safetensors buffer: tensor \"w\" is [2,3] but the destination is [3,2]"),
+                       dca::FormatError);
+  CHECK(std::all_of(transposed.span().begin(), transposed.span().end(), [](double v) { return v == -1.0; }));
+  Tensor<float> two(Shape{2}, -1.0f);
+  CHECK_THROWS_WITH_AS(file.read_into("ids", two.view()), doctest::Contains("tensor \"ids\" holds I64 integers"),
+                       dca::FormatError);
+  CHECK_THROWS_WITH_AS(file.read_into("absent", two.view()), doctest::Contains("no tensor named \"absent\""),
+                       dca::FormatError);
+  CHECK(two[0] == -1.0f);
+}
+
+TEST_CASE("a mapped file keeps reading its old contents after an atomic write replaces it on disk") {
+  const TemporaryDirectory dir;
+  const fs::path path = dir.path / "model.safetensors";
+  SafeTensorsWriter first;
+  first.add("w", Tensor<float>(Shape{2}, {1, 2}));
+  first.write(path);
+  const SafeTensors old = SafeTensors::read(path);
+  SafeTensorsWriter second;
+  second.add("v", Tensor<float>(Shape{3}, {3, 4, 5}));
+  second.write(path);  // a new file renamed over the old one: the mapping keeps the old one alive
+  CHECK(old.tensor<float>("w")[1] == 2.0f);
+  CHECK(SafeTensors::read(path).names() == std::vector<std::string>{"v"});
+}
+
+TEST_CASE("copies of a SafeTensors share its bytes and outlive the original") {
+  std::optional<SafeTensors> original(SafeTensors::read(fixture("gpt2/model.safetensors")));
+  const SafeTensors copy = *original;
+  original.reset();
+  CHECK(copy.tensor<float>("transformer.wte.weight")[0] == 0.289037317f);
+  CHECK(copy.source() == "safetensors file \"" + fixture("gpt2/model.safetensors").string() + "\"");
+}
+
+TEST_CASE("an empty file on disk is rejected as too short for the length prefix") {
+  const TemporaryDirectory dir;
+  const fs::path path = dir.path / "empty.safetensors";
+  std::ofstream{path};
+  CHECK_THROWS_WITH_AS(SafeTensors::read(path), doctest::Contains("0 bytes is too short for the 8-byte header length"),
+                       dca::FormatError);
 }
 
 TEST_CASE("the writer pads the header with spaces to a multiple of 8 and lays tensors out by element size, then name") {
@@ -510,7 +684,7 @@ TEST_CASE("the writer rejects dtypes that do not fit the data, shapes that do no
   const Tensor<float> t(Shape{2}, {1, 2});
   CHECK_THROWS_WITH_AS(writer.add("w", t, DType::i64), doctest::Contains("tensor \"w\" cannot be stored as I64"),
                        dca::UsageError);
-  CHECK_THROWS_WITH_AS(writer.add("w", t, DType::f16), doctest::Contains("tensor \"w\" cannot be stored as F16"),
+  CHECK_THROWS_WITH_AS(writer.add("w", t, DType::i32), doctest::Contains("tensor \"w\" cannot be stored as I32"),
                        dca::UsageError);
   const std::vector<std::int64_t> ids{1, 2, 3};
   CHECK_THROWS_WITH_AS(writer.add_integers("ids", ids, {3}, DType::f32),

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,61 @@ TEST_CASE("a frozen decoder passes gradients to its inputs without computing wei
   // Each layer has 7 projections (q, k, v, o, gate, up, down); the untied head is one more.
   CHECK(active_gemms - frozen_gemms == 2 * 7 + 1);
   CHECK(std::ranges::equal(frozen_grad.span(), active_grad.span()));
+}
+
+TEST_CASE("with a pad token, Llama, Qwen2 and Gemma-2 lookups pass no gradient to its row and GPT-2's do, as in "
+          "transformers; the first three also initialise that row to zero") {
+  // Untied heads, so that the pad row's gradient is the lookups' alone.
+  const std::vector<index_t> ids = {3, 1, 4, 3, 5, 3};  // the pad token 3 at the start, middle and end
+  const std::vector<index_t> targets = {1, 4, 3, 5, 3, -100};
+  for (auto config : tiny_presets()) {
+    CAPTURE(config.architecture);
+    config.tie_embeddings = false;
+    config.pad_token_id = 3;
+    const bool pads = config.architecture != dca::Architecture::gpt2;
+    CHECK(config.padding_row() == (pads ? std::optional<index_t>(3) : std::nullopt));
+    dca::Decoder<double> decoder(config, 7);
+    const auto row_norm = [](const Tensor<double>& t, index_t row) { return t.matrix().row(row).norm(); };
+    CHECK((row_norm(decoder.token_embedding().value(), 3) == 0) == pads);
+    CHECK(row_norm(decoder.token_embedding().value(), 2) > 0);
+    {
+      dca::Tape<double> tape;
+      tape.backward(decoder.loss(tape, ids, targets));
+    }
+    const Tensor<double>& grad = decoder.token_embedding().grad();
+    CHECK((row_norm(grad, 3) == 0) == pads);
+    CHECK(row_norm(grad, 1) > 0);  // other tokens' rows learn as before
+    CHECK(row_norm(grad, 4) > 0);
+    CHECK(row_norm(grad, 2) == 0);  // never looked up, untied head
+    // Decoder::embed — the coprocessor's ahead tokens and residual bases — and a copied decoder
+    // (what a coprocessor starts from) follow the same rule.
+    dca::Decoder<double> copy = decoder;
+    copy.zero_grad();
+    {
+      dca::Tape<double> tape;
+      tape.backward(dca::sum(copy.embed(tape, ids)));
+    }
+    CHECK((row_norm(copy.token_embedding().grad(), 3) == 0) == pads);
+    CHECK(row_norm(copy.token_embedding().grad(), 1) > 0);
+  }
+}
+
+TEST_CASE("a negative pad_token_id counts from the end of the vocabulary, as nn.Embedding's padding_idx does, and one "
+          "outside it is rejected where the embedding pads it") {
+  auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12});
+  config.pad_token_id = -1;
+  CHECK(config.padding_row() == index_t{10});
+  config.pad_token_id = 11;
+  CHECK_THROWS_WITH_AS(config.validate(),
+                       doctest::Contains("pad_token_id 11 is outside the vocabulary [-11,11) of this llama model"),
+                       dca::RangeError);
+  config.pad_token_id = -12;
+  CHECK_THROWS_AS(dca::Decoder<float>{config}, dca::RangeError);
+  // GPT-2's embedding ignores pad_token_id, so any value a config.json carries is accepted.
+  auto gpt2 = DecoderConfig::gpt2({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .max_positions = 8});
+  gpt2.pad_token_id = 50256;
+  CHECK_NOTHROW(gpt2.validate());
+  CHECK_FALSE(gpt2.padding_row());
 }
 
 TEST_CASE("a copied decoder is independent of its original") {

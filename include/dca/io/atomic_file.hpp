@@ -71,10 +71,13 @@ inline std::vector<std::byte> read_file(const std::filesystem::path& path) {
 /// The whole of a regular file as text (its bytes, unchanged); errors as `read_file`.
 inline std::string read_text_file(const std::filesystem::path& path) { return detail::read_whole_file<std::string>(path); }
 
-/// Writes `bytes` to a new temporary file beside `path`, flushes it to the device, then renames it
-/// over `path`: readers (and a machine restarted after a crash) see the old file or the complete new
-/// one, never a prefix. On failure (IoError) the temporary file is removed and `path` is left as it was.
-inline void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+/// Writes `pieces`, one after another, to a new temporary file beside `path`, flushes it to the
+/// device, then renames it over `path`: readers (and a machine restarted after a crash) see the old
+/// file or the complete new one, never a prefix. On failure (IoError) the temporary file is removed
+/// and `path` is left as it was. Taking pieces lets a file assembled from parts (a header and each
+/// tensor's data) be written without first copying it into one buffer.
+inline void write_file_atomically(const std::filesystem::path& path,
+                                  std::span<const std::span<const std::byte>> pieces) {
   static std::atomic<unsigned> next_suffix{0};
   struct Temporary {  // closes and removes the temporary file unless it was renamed into place
     std::filesystem::path path;
@@ -95,12 +98,14 @@ inline void write_file_atomically(const std::filesystem::path& path, std::span<c
   if (fd < 0) detail::fail<IoError>("cannot write ", path, ": cannot create ", temporary_path, ": ", detail::os_reason(errno));
   Temporary temporary{temporary_path, fd};
 
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t wrote = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (wrote < 0 && errno == EINTR) continue;
-    if (wrote < 0) detail::fail<IoError>("cannot write ", path, ": writing ", temporary_path, " failed: ", detail::os_reason(errno));
-    done += static_cast<std::size_t>(wrote);
+  for (const std::span<const std::byte> bytes : pieces) {
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t wrote = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (wrote < 0 && errno == EINTR) continue;
+      if (wrote < 0) detail::fail<IoError>("cannot write ", path, ": writing ", temporary_path, " failed: ", detail::os_reason(errno));
+      done += static_cast<std::size_t>(wrote);
+    }
   }
   if (::fsync(fd) != 0)
     detail::fail<IoError>("cannot write ", path, ": flushing ", temporary_path, " failed: ", detail::os_reason(errno));
@@ -112,6 +117,10 @@ inline void write_file_atomically(const std::filesystem::path& path, std::span<c
   temporary.renamed = true;
 }
 
+/// Writes `bytes` to `path` atomically (see above).
+inline void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+  write_file_atomically(path, std::span<const std::span<const std::byte>>(&bytes, 1));
+}
 
 /// Writes `text` to `path` atomically.
 inline void write_text_atomically(const std::filesystem::path& path, std::string_view text) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dca {
@@ -54,6 +55,26 @@ inline const char* hf_activation_name(Activation a, Architecture architecture) {
     case Activation::relu: return "relu";
   }
   return "silu";
+}
+
+// torch's names for the dtypes a model's weights can be stored in, as config.json spells them.
+inline constexpr std::pair<DType, const char*> torch_dtype_names[] = {
+    {DType::f32, "float32"}, {DType::f64, "float64"}, {DType::bf16, "bfloat16"}, {DType::f16, "float16"}};
+
+inline const char* torch_dtype_name(DType dtype) {
+  for (const auto& [d, name] : torch_dtype_names)
+    if (d == dtype) return name;
+  fail<RangeError>("dtype ", dtype, " has no torch name for config.json (F32, F64, BF16 or F16)");
+}
+
+// The dtype config.json says the weights are stored in: "dtype" (transformers ≥ 4.56) or
+// "torch_dtype" (before); float32 when neither is given.
+inline DType hf_storage_dtype(const nlohmann::json& j, const std::string& file) {
+  const char* field = j.contains("dtype") && !j.at("dtype").is_null() ? "dtype" : "torch_dtype";
+  const auto name = hf_optional<std::string>(j, field, "float32", file);
+  for (const auto& [dtype, torch_name] : torch_dtype_names)
+    if (name == torch_name) return dtype;
+  fail<FormatError>(file, ": ", field, " '", name, "' is not supported (float32, float64, bfloat16, float16)");
 }
 
 inline double hf_rope_theta(const nlohmann::json& j, const std::string& file) {
@@ -145,6 +166,11 @@ inline DecoderConfig hf_config_from_json(const nlohmann::json& j, const std::str
       c.tie_embeddings = hf_optional<bool>(j, "tie_word_embeddings", false, file);
     }
   }
+  // Every architecture's config.json may carry one; whether lookups of it add gradient is the
+  // architecture's (DecoderConfig::padding_row).
+  if (j.contains("pad_token_id") && !j.at("pad_token_id").is_null())
+    c.pad_token_id = hf_field<index_t>(j, "pad_token_id", file);
+  c.storage_dtype = detail::hf_storage_dtype(j, file);
   try {
     c.validate();
   } catch (const std::exception& e) {
@@ -167,9 +193,10 @@ inline DecoderConfig read_hf_config(const std::filesystem::path& path) {
 /// The Hugging Face config.json fields that describe `config`.
 inline nlohmann::json hf_config_to_json(const DecoderConfig& c) {
   nlohmann::json j;
-  j["dtype"] = "float32";
+  j["dtype"] = detail::torch_dtype_name(c.storage_dtype);
   j["vocab_size"] = c.vocab_size;
   j["tie_word_embeddings"] = c.tie_embeddings;
+  if (c.pad_token_id) j["pad_token_id"] = *c.pad_token_id;  // absent: transformers' default, none
   const HfNames& names = hf_names(c.architecture);
   j["architectures"] = {names.model_class};
   j["model_type"] = names.model_type;

@@ -2,20 +2,23 @@
 //   [8-byte little-endian header length N][N bytes of JSON][data buffer]
 // The JSON maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets
 // relative to the start of the data buffer), plus an optional "__metadata__" string->string map.
-// The reader validates every size, shape and offset when a file is opened, so no later access can
-// leave the buffer; the writer lays tensors out as the reference implementation does and replaces
-// files atomically.
+// The reader memory-maps a file (or takes a buffer) and validates every size, shape and offset when
+// it is opened, so no later access can leave the bytes; it converts tensors part by part, straight
+// into the caller's memory if asked (read_into), handing converted pages of a file back to the OS.
+// The writer lays tensors out as the reference implementation does and replaces files atomically.
+// Dtypes themselves: dca/core/dtype.hpp; shards and their index: dca/io/sharded_safetensors.hpp.
 //
 // Longer than ~400 lines because the reader validates an untrusted file field by field (it is
 // fuzzed) and shares the format's grammar — dtypes, conversions, header JSON — with the writer.
 #pragma once
 
+#include "dca/core/dtype.hpp"
 #include "dca/core/error.hpp"
 #include "dca/io/atomic_file.hpp"
+#include "dca/io/mapped_file.hpp"
 #include "dca/tensor/tensor.hpp"
 
 #include <nlohmann/json.hpp>
-
 
 #include <algorithm>
 #include <array>
@@ -27,6 +30,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <set>
@@ -41,52 +45,6 @@ namespace dca {
 static_assert(std::endian::native == std::endian::little,
               "dca/io/safetensors.hpp copies the format's little-endian data straight into memory; a big-endian "
               "target needs byte swapping added to the reader and writer");
-
-/// Element types of safetensors data. All are read; the writer stores F32, F64, BF16, I64 and I32.
-enum class DType { f32, f64, bf16, f16, i64, i32 };
-
-namespace detail {
-
-struct DTypeInfo {
-  std::string_view name;  // as spelled in a safetensors header
-  std::size_t size;       // bytes per element
-  bool floating;
-};
-
-// Indexed by DType.
-inline constexpr std::array<DTypeInfo, 6> dtype_info{{
-    {"F32", 4, true},
-    {"F64", 8, true},
-    {"BF16", 2, true},
-    {"F16", 2, true},
-    {"I64", 8, false},
-    {"I32", 4, false},
-}};
-
-}  // namespace detail
-
-/// The dtype's name in a safetensors header: "F32", "F64", "BF16", "F16", "I64" or "I32".
-constexpr std::string_view to_string(DType dtype) { return detail::dtype_info[static_cast<std::size_t>(dtype)].name; }
-
-/// The dtype a safetensors header names `name`, or nullopt for a dtype this library does not read.
-constexpr std::optional<DType> dtype_from_string(std::string_view name) {
-  for (std::size_t i = 0; i < detail::dtype_info.size(); ++i)
-    if (detail::dtype_info[i].name == name) return static_cast<DType>(i);
-  return std::nullopt;
-}
-
-/// Bytes per element.
-constexpr std::size_t dtype_size(DType dtype) { return detail::dtype_info[static_cast<std::size_t>(dtype)].size; }
-
-/// True for F32, F64, BF16 and F16 (read with SafeTensors::tensor); false for I64 and I32
-/// (read with SafeTensors::integers).
-constexpr bool is_floating_point(DType dtype) { return detail::dtype_info[static_cast<std::size_t>(dtype)].floating; }
-
-/// The dtype that stores T without conversion: F32 for float, F64 for double.
-template <Scalar T>
-inline constexpr DType dtype_of = std::same_as<T, float> ? DType::f32 : DType::f64;
-
-inline std::ostream& operator<<(std::ostream& out, DType dtype) { return out << to_string(dtype); }
 
 /// One tensor of a safetensors file as its header describes it.
 struct TensorEntry {
@@ -127,18 +85,51 @@ inline std::uint16_t float_to_bf16(float value) {
   return static_cast<std::uint16_t>((bits + half_ulp) >> 16);
 }
 
-/// double -> bfloat16, rounding to nearest with ties to even. Rounding to float first and then to
-/// bfloat16 would round twice (1 + 2^-8 + 2^-30 would become 1); rounding to float *to odd* keeps
-/// which side of a bfloat16 midpoint the value lies on, so the second rounding is the correct one.
-inline std::uint16_t double_to_bf16(double value) {
+/// double -> float rounded *to odd*: truncated towards zero, then given an odd last bit if anything
+/// was cut off. Rounding that float again to a format at least two bits narrower gives the same
+/// result as rounding the double directly, because the odd bit keeps which side of a midpoint the
+/// value lies on (rounding to nearest float first would round twice: 1 + 2^-8 + 2^-30 would land
+/// on the bfloat16 midpoint 1 + 2^-8 and then round to 1). Overflow gives FLT_MAX, which still
+/// rounds to infinity in bfloat16 and half.
+inline float double_to_float_odd(double value) {
   float narrowed = static_cast<float>(value);
   if (!std::isnan(value) && static_cast<double>(narrowed) != value) {
     auto bits = std::bit_cast<std::uint32_t>(narrowed);
     if ((bits & 1u) == 0) bits = std::abs(static_cast<double>(narrowed)) < std::abs(value) ? bits + 1 : bits - 1;
     narrowed = std::bit_cast<float>(bits);
   }
-  return float_to_bf16(narrowed);
+  return narrowed;
 }
+
+/// double -> bfloat16, rounding to nearest with ties to even, directly from the double.
+inline std::uint16_t double_to_bf16(double value) { return float_to_bf16(double_to_float_odd(value)); }
+
+/// float -> IEEE half, rounding to nearest with ties to even: from 65520 (the midpoint between the
+/// largest half, 65504, and 2^16) a value becomes infinity, below 2^-25 it becomes a signed zero,
+/// and a NaN stays a NaN (quieted, keeping the top of its payload).
+inline std::uint16_t float_to_f16(float value) {
+  const auto bits = std::bit_cast<std::uint32_t>(value);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t magnitude = bits & 0x7FFFFFFFu;
+  const auto rounded = [](std::uint32_t kept, std::uint32_t rest, std::uint32_t half) {
+    return kept + ((rest > half || (rest == half && (kept & 1u) != 0)) ? 1u : 0u);  // a carry moves into the exponent, as it should
+  };
+  if (magnitude > 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7E00u | ((magnitude >> 13) & 0x3FFu));
+  if (magnitude >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // 65520 and above, inf
+  if (magnitude >= 0x38800000u)  // a normal half (from 2^-14): rebias the exponent by 127 - 15, keep 10 mantissa bits
+    return static_cast<std::uint16_t>(sign | rounded((magnitude - 0x38000000u) >> 13, magnitude & 0x1FFFu, 0x1000u));
+  // A subnormal half counts units of 2^-24; the float is m·2^(e-150) with m's implicit bit set, so
+  // it holds m >> (126 - e) units. Below 2^-25 (e < 102) that rounds to zero, and the shift would be 25 or more.
+  const std::uint32_t exponent = magnitude >> 23;
+  if (exponent < 102) return sign;
+  const std::uint32_t mantissa = (magnitude & 0x7FFFFFu) | 0x800000u;
+  const std::uint32_t shift = 126 - exponent;  // 14 to 24
+  return static_cast<std::uint16_t>(
+      sign | rounded(mantissa >> shift, mantissa & ((1u << shift) - 1u), 1u << (shift - 1u)));
+}
+
+/// double -> IEEE half, rounding to nearest with ties to even, directly from the double.
+inline std::uint16_t double_to_f16(double value) { return float_to_f16(double_to_float_odd(value)); }
 
 /// Decodes the little-endian elements of type Stored in `in` (any alignment) into `out`.
 template <class Stored, class Out, class Convert>
@@ -279,9 +270,14 @@ inline void require_utf8(const std::string& text, const char* what) {
 
 }  // namespace detail
 
-/// A safetensors file held in memory. Every dtype, shape, offset and size in the header is
-/// validated when the file is opened; a malformed file throws FormatError with a message naming
-/// the file (or "safetensors buffer"), the tensor and the values involved.
+/// A safetensors file, memory-mapped (`read`) or held in memory (`parse`). Every dtype, shape,
+/// offset and size in the header is validated when the file is opened — the same code for both —
+/// and a malformed file throws FormatError with a message naming the file (or "safetensors
+/// buffer"), the tensor and the values involved.
+///
+/// A mapped file costs memory only for the pages being converted: `read_into` and `tensor` convert
+/// a few megabytes at a time and hand each part's pages back to the OS once converted, so reading
+/// every tensor of a file holds the results plus a few pages of the file. Copies share the bytes.
 ///
 /// Accepted beyond the letter of the format: bytes between tensors or after the last one (the
 /// reference implementation rejects them; nothing here depends on contiguity) and extra keys in a
@@ -290,15 +286,22 @@ inline void require_utf8(const std::string& text, const char* what) {
 /// whose non-zero extents multiply beyond index_t, and headers over 100 MB.
 class SafeTensors {
  public:
-  /// Reads and validates the file at `path`. IoError if the OS cannot read it; FormatError if it
-  /// is not a valid safetensors file.
+  /// Maps and validates the file at `path`. IoError if the OS cannot open or map it; FormatError if
+  /// it is not a valid safetensors file. See MappedFile for the one hazard of a mapping (another
+  /// program truncating the file in place while it is read).
   static SafeTensors read(const std::filesystem::path& path) {
-    return SafeTensors(read_file(path), detail::concat("safetensors file ", path));
+    auto storage = std::make_shared<Storage>();
+    storage->mapped.emplace(path);
+    return SafeTensors(std::move(storage), detail::concat("safetensors file ", path));
   }
 
   /// Validates a whole safetensors file held in `bytes` (length prefix included) and keeps it.
   /// FormatError if it is not valid.
-  static SafeTensors parse(std::vector<std::byte> bytes) { return SafeTensors(std::move(bytes), "safetensors buffer"); }
+  static SafeTensors parse(std::vector<std::byte> bytes) {
+    auto storage = std::make_shared<Storage>();
+    storage->owned = std::move(bytes);
+    return SafeTensors(std::move(storage), "safetensors buffer");
+  }
 
   /// Whether the file holds a tensor called `name`.
   bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
@@ -328,34 +331,22 @@ class SafeTensors {
   /// FormatError if the tensor is missing, holds integers, or has a rank above Shape::max_rank.
   template <Scalar T>
   Tensor<T> tensor(std::string_view name) const {
-    const TensorEntry& e = entry(name);
-    if (!is_floating_point(e.dtype))
-      detail::fail<FormatError>(source_, ": tensor \"", name, "\" holds ", e.dtype, " integers; it cannot be read as ",
-                                dtype_of<T>, " (read it with integers())");
-    if (e.shape.size() > static_cast<std::size_t>(Shape::max_rank))
-      detail::fail<FormatError>(source_, ": tensor \"", name, "\" has rank ", e.shape.size(),
-                                ", above the maximum rank ", Shape::max_rank, " of a Tensor");
+    const TensorEntry& e = floating_entry(name, dtype_of<T>);
     Tensor<T> result{Shape(std::span<const index_t>(e.shape))};
-    const std::span<const std::byte> data = data_of(e);
-    const auto same = [](auto value) { return value; };
-    switch (e.dtype) {
-      case DType::f32:
-        detail::decode<float>(data, result.data(), same);
-        break;
-      case DType::f64:
-        detail::decode<double>(data, result.data(), same);
-        break;
-      case DType::bf16:
-        detail::decode<std::uint16_t>(data, result.data(), detail::bf16_to_float);
-        break;
-      case DType::f16:
-        detail::decode<std::uint16_t>(data, result.data(), detail::f16_to_float);
-        break;
-      case DType::i64:
-      case DType::i32:
-        break;  // rejected above
-    }
+    convert_floats(e, result.data());
     return result;
+  }
+
+  /// Converts tensor `name` straight into `destination`, which must have the tensor's shape: how a
+  /// model's parameters are loaded without a second copy. Conversions as for tensor(). FormatError
+  /// (and `destination` untouched) if the tensor is missing, holds integers or has another shape.
+  template <Scalar T>
+  void read_into(std::string_view name, TensorView<T> destination) const {
+    const TensorEntry& e = floating_entry(name, dtype_of<T>);
+    if (!std::ranges::equal(e.shape, destination.shape().extents()))
+      detail::fail<FormatError>(source_, ": tensor \"", name, "\" is ", Shape(std::span<const index_t>(e.shape)),
+                                " but the destination is ", destination.shape());
+    convert_floats(e, destination.data());
   }
 
   /// Tensor `name`'s I64 or I32 elements, flattened row-major (the shape is in entry(name)).
@@ -366,10 +357,11 @@ class SafeTensors {
       detail::fail<FormatError>(source_, ": tensor \"", name, "\" holds ", e.dtype,
                                 " values; it cannot be read as I64 integers (read it with tensor<T>())");
     std::vector<std::int64_t> values(static_cast<std::size_t>(e.numel()));
-    const std::span<const std::byte> data = data_of(e);
     const auto widen = [](auto value) { return static_cast<std::int64_t>(value); };
-    if (e.dtype == DType::i64) detail::decode<std::int64_t>(data, values.data(), widen);
-    if (e.dtype == DType::i32) detail::decode<std::int32_t>(data, values.data(), widen);
+    convert_in_parts(e, [&](std::span<const std::byte> part, std::size_t first) {
+      if (e.dtype == DType::i64) detail::decode<std::int64_t>(part, values.data() + first, widen);
+      if (e.dtype == DType::i32) detail::decode<std::int32_t>(part, values.data() + first, widen);
+    });
     return values;
   }
 
@@ -380,24 +372,40 @@ class SafeTensors {
   /// reporting their own errors about it (a checkpoint missing a parameter, ...).
   const std::string& source() const { return source_; }
 
+  /// Whether the bytes are a memory map of a file (`read`) rather than a buffer (`parse`).
+  bool memory_mapped() const { return storage_->mapped.has_value(); }
+
  private:
-  SafeTensors(std::vector<std::byte> bytes, std::string source) : source_(std::move(source)), bytes_(std::move(bytes)) {
+  // The bytes a SafeTensors reads: a mapped file or an owned buffer. Shared, so copies are cheap
+  // and never duplicate a file's data.
+  struct Storage {
+    std::optional<MappedFile> mapped;
+    std::vector<std::byte> owned;
+    std::span<const std::byte> bytes() const { return mapped ? mapped->bytes() : std::span<const std::byte>(owned); }
+  };
+
+  // How many bytes of a mapped file are converted before their pages are handed back: large
+  // enough that the madvise calls cost nothing next to the conversion, small next to any model.
+  static constexpr std::size_t part_bytes = std::size_t{8} << 20;
+
+  SafeTensors(std::shared_ptr<const Storage> storage, std::string source)
+      : source_(std::move(source)), storage_(std::move(storage)) {
     using detail::fail;
-    if (bytes_.size() < 8)
-      fail<FormatError>(source_, ": ", bytes_.size(), " bytes is too short for the 8-byte header length");
+    const std::span<const std::byte> bytes = storage_->bytes();
+    if (bytes.size() < 8) fail<FormatError>(source_, ": ", bytes.size(), " bytes is too short for the 8-byte header length");
     std::uint64_t header_size;
-    std::memcpy(&header_size, bytes_.data(), 8);
+    std::memcpy(&header_size, bytes.data(), 8);
     if (header_size > detail::max_header_bytes)
       fail<FormatError>(source_, ": header length ", header_size, " exceeds the limit of ", detail::max_header_bytes,
                         " bytes");
-    if (header_size > bytes_.size() - 8)
-      fail<FormatError>(source_, ": header length ", header_size, " exceeds the ", bytes_.size() - 8,
+    if (header_size > bytes.size() - 8)
+      fail<FormatError>(source_, ": header length ", header_size, " exceeds the ", bytes.size() - 8,
                         " bytes after the length prefix");
     data_start_ = 8 + static_cast<std::size_t>(header_size);
-    const std::uint64_t data_size = bytes_.size() - data_start_;
+    const std::uint64_t data_size = bytes.size() - data_start_;
 
     const nlohmann::json header =
-        detail::parse_header({reinterpret_cast<const char*>(bytes_.data()) + 8, data_start_ - 8}, source_);
+        detail::parse_header({reinterpret_cast<const char*>(bytes.data()) + 8, data_start_ - 8}, source_);
     if (!header.is_object())
       fail<FormatError>(source_, ": the header must be a JSON object, got ", detail::describe(header));
     for (const auto& [name, info] : header.items()) {
@@ -418,6 +426,8 @@ class SafeTensors {
                           "]) and \"", after.name, "\" (data_offsets [", after.begin, ", ", after.end, "]) overlap");
     }
     for (std::size_t i = 0; i < entries_.size(); ++i) index_.emplace(entries_[i].name, i);
+    // The header has been parsed into entries_; its pages are not needed again.
+    if (storage_->mapped) storage_->mapped->release(bytes.first(data_start_));
   }
 
   void read_metadata(const nlohmann::json& info) {
@@ -431,13 +441,60 @@ class SafeTensors {
     }
   }
 
-  std::span<const std::byte> data_of(const TensorEntry& e) const {
-    return {bytes_.data() + data_start_ + e.begin, e.end - e.begin};
+  // The entry of a floating-point tensor that can become a Tensor, or FormatError saying why not.
+  const TensorEntry& floating_entry(std::string_view name, DType wanted) const {
+    const TensorEntry& e = entry(name);
+    if (!is_floating_point(e.dtype))
+      detail::fail<FormatError>(source_, ": tensor \"", name, "\" holds ", e.dtype, " integers; it cannot be read as ",
+                                wanted, " (read it with integers())");
+    if (e.shape.size() > static_cast<std::size_t>(Shape::max_rank))
+      detail::fail<FormatError>(source_, ": tensor \"", name, "\" has rank ", e.shape.size(),
+                                ", above the maximum rank ", Shape::max_rank, " of a Tensor");
+    return e;
+  }
+
+  // Converts the floating-point tensor `e` into `out` (e.numel() elements).
+  template <Scalar T>
+  void convert_floats(const TensorEntry& e, T* out) const {
+    const auto same = [](auto value) { return value; };
+    convert_in_parts(e, [&](std::span<const std::byte> part, std::size_t first) {
+      switch (e.dtype) {
+        case DType::f32:
+          detail::decode<float>(part, out + first, same);
+          break;
+        case DType::f64:
+          detail::decode<double>(part, out + first, same);
+          break;
+        case DType::bf16:
+          detail::decode<std::uint16_t>(part, out + first, detail::bf16_to_float);
+          break;
+        case DType::f16:
+          detail::decode<std::uint16_t>(part, out + first, detail::f16_to_float);
+          break;
+        case DType::i64:
+        case DType::i32:
+          break;  // rejected by floating_entry
+      }
+    });
+  }
+
+  // Calls convert(part, first element) over the tensor's data in parts of about part_bytes
+  // (whole elements), handing each part's pages of a mapped file back to the OS once converted.
+  template <class Convert>
+  void convert_in_parts(const TensorEntry& e, Convert convert) const {
+    const std::span<const std::byte> data = storage_->bytes().subspan(data_start_ + e.begin, e.end - e.begin);
+    const std::size_t element = dtype_size(e.dtype);
+    const std::size_t step = part_bytes / element * element;
+    for (std::size_t begin = 0; begin < data.size(); begin += step) {
+      const std::span<const std::byte> part = data.subspan(begin, std::min(step, data.size() - begin));
+      convert(part, begin / element);
+      if (storage_->mapped) storage_->mapped->release(part);
+    }
   }
 
   std::string source_;
-  std::vector<std::byte> bytes_;                           // the whole file
-  std::size_t data_start_ = 0;                             // where the data buffer begins in bytes_
+  std::shared_ptr<const Storage> storage_;
+  std::size_t data_start_ = 0;                             // where the data buffer begins in the bytes
   std::vector<TensorEntry> entries_;                       // sorted by offset
   std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in entries_
   std::map<std::string, std::string> metadata_;
@@ -449,9 +506,9 @@ class SafeTensors {
 /// 8 bytes, so every tensor's data is aligned to its element size.
 class SafeTensorsWriter {
  public:
-  /// Adds a floating-point tensor stored as F32, F64 or BF16. Narrowing (double to F32, anything to
-  /// BF16) rounds to nearest, ties to even, directly from the source value. UsageError for another
-  /// dtype, a name already added or the reserved name "__metadata__".
+  /// Adds a floating-point tensor stored as F32, F64, BF16 or F16. Narrowing (double to F32,
+  /// anything to BF16 or F16) rounds to nearest, ties to even, directly from the source value.
+  /// UsageError for an integer dtype, a name already added or the reserved name "__metadata__".
   template <Scalar T>
   void add(std::string name, TensorView<const T> tensor, DType stored_as = dtype_of<T>) {
     check_name(name);
@@ -463,9 +520,11 @@ class SafeTensorsWriter {
       data = detail::encode<double>(values, [](T v) { return static_cast<double>(v); });
     else if (stored_as == DType::bf16)
       data = detail::encode<std::uint16_t>(values, [](T v) { return to_bf16(v); });
+    else if (stored_as == DType::f16)
+      data = detail::encode<std::uint16_t>(values, [](T v) { return to_f16(v); });
     else
       detail::fail<UsageError>("SafeTensorsWriter::add: tensor \"", name, "\" cannot be stored as ", stored_as,
-                               " (floating-point tensors are stored as F32, F64 or BF16)");
+                               " (floating-point tensors are stored as F32, F64, BF16 or F16)");
     const auto extents = tensor.shape().extents();
     insert({std::move(name), stored_as, {extents.begin(), extents.end()}, std::move(data)});
   }
@@ -518,13 +577,45 @@ class SafeTensorsWriter {
 
   /// The complete file.
   std::vector<std::byte> bytes() const {
+    const std::vector<const Pending*> order = layout();
+    std::vector<std::byte> file = prefix(order);
+    for (const Pending* p : order) file.insert(file.end(), p->data.begin(), p->data.end());
+    return file;
+  }
+
+  /// Writes the file atomically: it is written to a temporary file beside `path`, flushed to the
+  /// device and renamed over `path`, so `path` holds the old file or the complete new one, never a
+  /// prefix, even after a crash. IoError on failure, leaving `path` untouched and no temporary file.
+  /// The tensors are written from where add() keeps them, without assembling the file in memory.
+  void write(const std::filesystem::path& path) const {
+    const std::vector<const Pending*> order = layout();
+    const std::vector<std::byte> head = prefix(order);
+    std::vector<std::span<const std::byte>> pieces{head};
+    for (const Pending* p : order) pieces.emplace_back(p->data);
+    write_file_atomically(path, std::span<const std::span<const std::byte>>(pieces));
+  }
+
+ private:
+  struct Pending {
+    std::string name;
+    DType dtype;
+    std::vector<index_t> shape;
+    std::vector<std::byte> data;  // encoded
+  };
+
+  // The order of the data: by element size (largest first), then by name.
+  std::vector<const Pending*> layout() const {
     std::vector<const Pending*> order;
     for (const Pending& p : tensors_) order.push_back(&p);
     std::sort(order.begin(), order.end(), [](const Pending* a, const Pending* b) {
       const std::size_t a_size = dtype_size(a->dtype), b_size = dtype_size(b->dtype);
       return a_size != b_size ? a_size > b_size : a->name < b->name;
     });
+    return order;
+  }
 
+  // The length prefix and the header (padded with spaces to a multiple of 8) for tensors laid out in `order`.
+  std::vector<std::byte> prefix(const std::vector<const Pending*>& order) const {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::size_t offset = 0;
@@ -536,31 +627,17 @@ class SafeTensorsWriter {
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
-
-    std::vector<std::byte> file(8 + text.size() + offset);
+    std::vector<std::byte> out(8 + text.size());
     const std::uint64_t header_size = text.size();
-    std::memcpy(file.data(), &header_size, 8);
-    std::memcpy(file.data() + 8, text.data(), text.size());
-    std::byte* data = file.data() + 8 + text.size();
-    for (const Pending* p : order) data = std::copy(p->data.begin(), p->data.end(), data);
-    return file;
+    std::memcpy(out.data(), &header_size, 8);
+    std::memcpy(out.data() + 8, text.data(), text.size());
+    return out;
   }
-
-  /// Writes the file atomically: it is written to a temporary file beside `path`, flushed to the
-  /// device and renamed over `path`, so `path` holds the old file or the complete new one, never a
-  /// prefix, even after a crash. IoError on failure, leaving `path` untouched and no temporary file.
-  void write(const std::filesystem::path& path) const { write_file_atomically(path, bytes()); }
-
- private:
-  struct Pending {
-    std::string name;
-    DType dtype;
-    std::vector<index_t> shape;
-    std::vector<std::byte> data;  // encoded
-  };
 
   static std::uint16_t to_bf16(float v) { return detail::float_to_bf16(v); }
   static std::uint16_t to_bf16(double v) { return detail::double_to_bf16(v); }
+  static std::uint16_t to_f16(float v) { return detail::float_to_f16(v); }
+  static std::uint16_t to_f16(double v) { return detail::double_to_f16(v); }
 
   void check_name(const std::string& name) const {
     if (name == "__metadata__")

@@ -9,10 +9,12 @@
 #pragma once
 
 #include "dca/core/config.hpp"
+#include "dca/core/dtype.hpp"
 #include "dca/core/error.hpp"
 #include "dca/nn/names.hpp"
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -81,9 +83,22 @@ struct DecoderConfig {
   bool post_norms = false;             // Gemma-2: norms after attention and after the MLP, before the residual add
   bool tie_embeddings = true;          // the output head reuses the token embedding matrix
   bool scale_embeddings = false;       // Gemma-2: token embeddings multiplied by sqrt(hidden_size)
+  std::optional<index_t> pad_token_id; // config.json's pad_token_id (none by default). Where the
+                                       // architecture's transformers class pads its embedding (Llama,
+                                       // Qwen2, Gemma-2; not GPT-2), lookups of that row add no gradient
+                                       // and init() zeroes it; see padding_row()
   double init_std = 0.02;              // normal init of weights and embeddings; residual outputs / sqrt(2·n_layers)
+  DType storage_dtype = DType::f32;    // how save_hf_decoder stores the weights (F32, F64, BF16, F16); loading records the checkpoint's
 
   index_t resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / n_heads; }
+  /// The token-embedding row whose lookups add no gradient: pad_token_id for architectures whose
+  /// transformers class builds nn.Embedding(V, d, padding_idx=pad_token_id), counted from the end
+  /// when negative as nn.Embedding does; none for GPT-2 (its wte has no padding_idx, whatever the
+  /// config says) or when no pad token is set.
+  std::optional<index_t> padding_row() const {
+    if (!pad_token_id || !hf_names(architecture).pads_embedding) return std::nullopt;
+    return *pad_token_id < 0 ? *pad_token_id + vocab_size : *pad_token_id;
+  }
   bool layer_uses_window(index_t layer) const {
     return sliding_window > 0 && layer < static_cast<index_t>(sliding_layers.size()) &&
            sliding_layers[static_cast<std::size_t>(layer)];
@@ -119,6 +134,8 @@ struct DecoderConfig {
       if (!(value >= 0) || !std::isfinite(value))
         detail::fail<RangeError>("DecoderConfig: ", field, " must be finite and ≥ 0, got ", value);
     if (sliding_window < 0) detail::fail<RangeError>("DecoderConfig: sliding_window must be ≥ 0, got ", sliding_window);
+    if (!is_floating_point(storage_dtype))
+      detail::fail<RangeError>("DecoderConfig: storage_dtype must be F32, F64, BF16 or F16, got ", storage_dtype);
     if (!sliding_layers.empty() && static_cast<index_t>(sliding_layers.size()) != n_layers)
       detail::fail<ShapeError>("DecoderConfig: sliding_layers has ", sliding_layers.size(), " entries for ", n_layers,
                                " layers");
@@ -131,6 +148,10 @@ struct DecoderConfig {
     if (post_norms && names.post_attention_norm == nullptr)
       detail::fail<RangeError>("DecoderConfig: architecture ", architecture,
                                " has no norms after attention and MLP (post_norms is Gemma-2's)");
+    // nn.Embedding's own check: transformers cannot build such a model either.
+    if (pad_token_id && names.pads_embedding && (*pad_token_id < -vocab_size || *pad_token_id >= vocab_size))
+      detail::fail<RangeError>("DecoderConfig: pad_token_id ", *pad_token_id, " is outside the vocabulary [",
+                               -vocab_size, ",", vocab_size, ") of this ", architecture, " model, whose token embedding pads it");
     if (architecture == Architecture::gpt2 && norm != NormKind::layer_norm)
       detail::fail<RangeError>("DecoderConfig: architecture gpt2 normalises with layer_norm (weight and bias)");
   }

@@ -91,12 +91,15 @@ class Decoder {
 
   /// Re-initialises every weight: normal(0, init_std) for embeddings and projections, with the
   /// projections that write into the residual stream scaled by 1/sqrt(2·n_layers) (GPT-2); norms
-  /// start as the identity and biases at zero.
+  /// start as the identity and biases at zero. The padding row of the token embedding, if the
+  /// config has one, starts at zero, as transformers' _init_weights leaves an nn.Embedding's
+  /// padding_idx row.
   void init(std::uint64_t seed) {
     Rng rng(seed);
     const double std = config_.init_std;
     const double residual_std = std / std::sqrt(2.0 * static_cast<double>(config_.n_layers));
     fill_normal(embed_, rng, std);
+    if (const auto pad = config_.padding_row()) embed_.value().matrix().row(*pad).setZero();
     if (has_position_embed()) fill_normal(position_embed_, rng, std);
     for (Block<T>& b : blocks_) b.init(rng, std, residual_std);
     final_norm_.init();
@@ -191,8 +194,14 @@ class Decoder {
   }
 
   /// ids:[N] -> [N,d]: rows of the token embedding table, before Gemma-2's √d scale — what
-  /// `DecoderInput::embeddings` takes to stand for these tokens.
-  Var<T> embed(Tape<T>& tape, std::span<const index_t> ids) { return embedding(tape.param(embed_), ids); }
+  /// `DecoderInput::embeddings` takes to stand for these tokens. Lookups of the config's padding
+  /// row (its pad_token_id, for Llama, Qwen2 and Gemma-2) add no gradient to the table, as
+  /// transformers' nn.Embedding(padding_idx=pad_token_id); a tied head still does. Every token
+  /// lookup goes through here — forward's ids, the coprocessor's ahead tokens and residual bases —
+  /// so they all agree.
+  Var<T> embed(Tape<T>& tape, std::span<const index_t> ids) {
+    return embedding(tape.param(embed_), ids, config_.padding_row());
+  }
 
   /// hidden:[N,d] -> logits [N,V]: the output head (tied or untied) and the final soft-cap. Any
   /// rows of width d may go in: final hidden states, or a coprocessor's latents.

@@ -52,26 +52,29 @@ struct HfNames {
   const char* head;                 // the untied output head [V, d]
   WeightLayout layout;
   const char* gelu_tanh;            // config.json's name of the tanh-approximated GELU
+  bool pads_embedding;              // transformers builds the token embedding as nn.Embedding(V, d,
+                                    // padding_idx=pad_token_id): lookups of the pad row add no gradient
 };
 
 namespace detail {
 
 // Gemma-2 names the norm after attention "post_attention_layernorm", the name Llama gives the norm
-// before the MLP; its norm before the MLP is "pre_feedforward_layernorm".
+// before the MLP; its norm before the MLP is "pre_feedforward_layernorm". GPT2Model's wte has no
+// padding_idx; LlamaModel, Qwen2Model and Gemma2Model pass config.pad_token_id.
 inline constexpr HfNames hf_names_table[] = {
     {Architecture::gpt2, "gpt2", "GPT2LMHeadModel", "transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f",
      "transformer.h", "ln_1", "ln_2", nullptr, nullptr, "attn", "c_attn", nullptr, nullptr, nullptr, "c_proj", "mlp",
-     nullptr, "c_fc", "c_proj", "lm_head.weight", WeightLayout::in_out, "gelu_new"},
+     nullptr, "c_fc", "c_proj", "lm_head.weight", WeightLayout::in_out, "gelu_new", false},
     {Architecture::llama, "llama", "LlamaForCausalLM", "model.embed_tokens.weight", nullptr, "model.norm", "model.layers",
      "input_layernorm", "post_attention_layernorm", nullptr, nullptr, "self_attn", nullptr, "q_proj", "k_proj", "v_proj",
-     "o_proj", "mlp", "gate_proj", "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh"},
+     "o_proj", "mlp", "gate_proj", "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh", true},
     {Architecture::qwen2, "qwen2", "Qwen2ForCausalLM", "model.embed_tokens.weight", nullptr, "model.norm", "model.layers",
      "input_layernorm", "post_attention_layernorm", nullptr, nullptr, "self_attn", nullptr, "q_proj", "k_proj", "v_proj",
-     "o_proj", "mlp", "gate_proj", "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh"},
+     "o_proj", "mlp", "gate_proj", "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh", true},
     {Architecture::gemma2, "gemma2", "Gemma2ForCausalLM", "model.embed_tokens.weight", nullptr, "model.norm",
      "model.layers", "input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm",
      "post_feedforward_layernorm", "self_attn", nullptr, "q_proj", "k_proj", "v_proj", "o_proj", "mlp", "gate_proj",
-     "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh"},
+     "up_proj", "down_proj", "lm_head.weight", WeightLayout::out_in, "gelu_pytorch_tanh", true},
 };
 
 }  // namespace detail

@@ -15,6 +15,18 @@ parameter (a tied weight's gradient is stored once, under the token-embedding na
 
 It then prints, for every stored quantity, max |ours - HF| / max |HF| against the HF reference.
 
+It also writes the same quantities for a batch with pad tokens in it,
+
+    tests/data/torch_reference/<model>_padded.safetensors
+
+(plus `input_ids` [2, 12] and `pad_token_id` [1], both int64): the HF batch with its first
+sequence right-padded (last 4 tokens) and its second left-padded (first 2 tokens), with the
+config's pad_token_id, or 0 where config.json has none. Llama and Gemma-2 embed tokens as
+transformers does, nn.Embedding(V, d, padding_idx=pad_token_id): lookups of the pad row add no
+gradient (a tied head still does); GPT-2's wte has no padding_idx, so its pad row is an ordinary
+row. No attention mask is used: pads are ordinary tokens to attention and loss (labels =
+input_ids); only the embedding's gradient convention differs.
+
 Run with Debian's torch (python3-torch):  /usr/bin/python3 tests/data/torch_reference/make_reference.py
 """
 
@@ -37,6 +49,7 @@ F64 = torch.float64
 # --------------------------------------------------------------------------------------------
 
 _DTYPES = {"F32": (torch.float32, 4), "F64": (torch.float64, 8), "I64": (torch.int64, 8)}
+PAD_TOKEN_FALLBACK = 0   # the padded batch's pad id where config.json has no pad_token_id
 
 
 def read_safetensors(path):
@@ -58,14 +71,19 @@ def read_safetensors(path):
 
 
 def write_safetensors(path, tensors, metadata):
-    """Write float64 tensors; the JSON header is space-padded to a multiple of 8 bytes."""
+    """Write int64 tensors as I64 and everything else as F64; the JSON header is space-padded to
+    a multiple of 8 bytes."""
     header = {"__metadata__": metadata}
     chunks = []
     offset = 0
     for name in sorted(tensors):
-        t = tensors[name].detach().to(F64).contiguous()
-        raw = t.numpy().astype("<f8").tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape),
+        if tensors[name].dtype == torch.int64:
+            dtype, t = "I64", tensors[name].contiguous()
+            raw = t.numpy().astype("<i8").tobytes()
+        else:
+            dtype, t = "F64", tensors[name].detach().to(F64).contiguous()
+            raw = t.numpy().astype("<f8").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
@@ -173,12 +191,20 @@ def next_token_loss(logits, ids):
                                              ids[:, 1:].reshape(-1), reduction="mean")
 
 
+def embed(table, ids, pad_token_id):
+    """nn.Embedding(V, d, padding_idx=pad_token_id) applied to ids: the rows of the table, but
+    lookups of row pad_token_id pass no gradient to it (None: an ordinary lookup)."""
+    return torch.nn.functional.embedding(ids, table, padding_idx=pad_token_id)
+
+
 # --------------------------------------------------------------------------------------------
-# architectures
+# architectures (pad_token_id: the token whose embedding row lookups leave without gradient,
+# for the architectures whose transformers class builds its embedding with padding_idx)
 # --------------------------------------------------------------------------------------------
 
-def gpt2_forward(cfg, p, ids):
-    """GPT2LMHeadModel. Conv1D weights are [in, out] (y = x @ W + b); lm_head tied to wte."""
+def gpt2_forward(cfg, p, ids, pad_token_id):
+    """GPT2LMHeadModel. Conv1D weights are [in, out] (y = x @ W + b); lm_head tied to wte.
+    GPT2Model's wte is nn.Embedding(V, E) without padding_idx: pad_token_id changes nothing."""
     E, H, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     assert cfg["activation_function"] == "gelu_new"
     assert cfg["scale_attn_weights"] and not cfg["scale_attn_by_inverse_layer_idx"]
@@ -192,7 +218,7 @@ def gpt2_forward(cfg, p, ids):
     def conv1d(x, name):
         return torch.matmul(x, p[name + ".weight"]) + p[name + ".bias"]
 
-    x = p["transformer.wte.weight"][ids] + p["transformer.wpe.weight"][:T]
+    x = embed(p["transformer.wte.weight"], ids, None) + p["transformer.wpe.weight"][:T]
     for l in range(L):
         pre = f"transformer.h.{l}."
         h = ln(x, (E,), p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
@@ -207,8 +233,9 @@ def gpt2_forward(cfg, p, ids):
     return torch.matmul(x, p["transformer.wte.weight"].t())   # tied LM head
 
 
-def llama_forward(cfg, p, ids):
-    """LlamaForCausalLM: RMSNorm, rotary (rotate_half), SwiGLU, GQA, untied lm_head."""
+def llama_forward(cfg, p, ids, pad_token_id):
+    """LlamaForCausalLM: embedding with padding_idx = pad_token_id, RMSNorm, rotary (rotate_half),
+    SwiGLU, GQA, untied lm_head."""
     E, H, Hkv, L = (cfg["hidden_size"], cfg["num_attention_heads"],
                     cfg["num_key_value_heads"], cfg["num_hidden_layers"])
     D = cfg.get("head_dim") or E // H
@@ -221,7 +248,7 @@ def llama_forward(cfg, p, ids):
     cos, sin = rope_cos_sin(T, D, cfg["rope_parameters"]["rope_theta"])
     allowed = causal_mask(T)
 
-    x = p["model.embed_tokens.weight"][ids]
+    x = embed(p["model.embed_tokens.weight"], ids, pad_token_id)
     for l in range(L):
         pre = f"model.layers.{l}."
         h = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
@@ -238,8 +265,9 @@ def llama_forward(cfg, p, ids):
     return linear(x, p["lm_head.weight"])
 
 
-def gemma2_forward(cfg, p, ids):
-    """Gemma2ForCausalLM: (1 + w) RMSNorm, scaled embeddings, pre/post norms around attention
+def gemma2_forward(cfg, p, ids, pad_token_id):
+    """Gemma2ForCausalLM: embedding with padding_idx = pad_token_id (its lm_head, tied, still
+    sends the pad row gradient), (1 + w) RMSNorm, scaled embeddings, pre/post norms around attention
     and MLP, GeGLU (tanh GELU), rotary, GQA, attention and final logit soft-capping,
     sliding-window attention on "sliding_attention" layers, tied LM head."""
     E, H, Hkv, L = (cfg["hidden_size"], cfg["num_attention_heads"],
@@ -264,7 +292,7 @@ def gemma2_forward(cfg, p, ids):
 
     emb = p["model.embed_tokens.weight"]
     # transformers multiplies by torch.tensor(hidden_size ** 0.5, dtype=hidden dtype) (float64 here)
-    x = emb[ids] * torch.tensor(E ** 0.5, dtype=F64)
+    x = embed(emb, ids, pad_token_id) * torch.tensor(E ** 0.5, dtype=F64)
     for l in range(L):
         pre = f"model.layers.{l}."
         h = norm(x, pre + "input_layernorm.weight")
@@ -296,6 +324,39 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def evaluate(model, cfg, weights, ids, pad_token_id):
+    """Logits, loss and every parameter's gradient for the batch `ids` [B, T] (int64)."""
+    # float32 weights -> float64 leaves; a tied weight is a single tensor used twice, so
+    # autograd sums both contributions into its gradient.
+    params = {n: w.to(F64).requires_grad_(True) for n, w in weights.items()}
+    logits = FORWARD[model](cfg, params, ids, pad_token_id)
+    loss = next_token_loss(logits, ids)
+    loss.backward()
+    out = {"logits": logits.detach(), "loss": loss.detach().reshape(1)}
+    for n, w in params.items():
+        out["grad." + n] = w.grad
+    assert all(t.dtype == F64 for t in out.values())
+    return out
+
+
+def write(name, out):
+    meta = {"generator": "tests/data/torch_reference/make_reference.py",
+            "torch": torch.__version__}
+    dst = os.path.join(HERE, name + ".safetensors")
+    write_safetensors(dst, out, meta)
+    print(f"{name}: wrote {os.path.relpath(dst, os.path.join(HERE, '..', '..', '..'))} "
+          f"({os.path.getsize(dst)} bytes), loss {out['loss'].item():.17g}")
+
+
+def padded_batch(ids, pad_token_id):
+    """The HF batch with pad tokens: sequence 0 right-padded (last 4), sequence 1 left-padded
+    (first 2)."""
+    padded = ids.clone()
+    padded[0, -4:] = pad_token_id
+    padded[1, :2] = pad_token_id
+    return padded
+
+
 def run(model):
     src = os.path.join(HF_DIR, model)
     with open(os.path.join(src, "config.json")) as f:
@@ -304,26 +365,11 @@ def run(model):
     ref = read_safetensors(os.path.join(src, "reference.safetensors"))
     ids = ref["input_ids"]
 
-    # float32 weights -> float64 leaves; a tied weight is a single tensor used twice, so
-    # autograd sums both contributions into its gradient.
-    params = {n: w.to(F64).requires_grad_(True) for n, w in weights.items()}
-    logits = FORWARD[model](cfg, params, ids)
-    loss = next_token_loss(logits, ids)
-    loss.backward()
-
-    out = {"logits": logits.detach(), "loss": loss.detach().reshape(1)}
-    for n, w in params.items():
-        out["grad." + n] = w.grad
-    assert all(t.dtype == F64 for t in out.values())
-
-    meta = {"generator": "tests/data/torch_reference/make_reference.py",
-            "torch": torch.__version__}
-    dst = os.path.join(HERE, model + ".safetensors")
-    write_safetensors(dst, out, meta)
+    # the fixture's batch, as transformers ran it (config.json's pad_token_id, if any)
+    out = evaluate(model, cfg, weights, ids, cfg.get("pad_token_id"))
+    write(model, out)
 
     # cross-check against the transformers reference (float32-accurate outside GPT-2's forward)
-    print(f"{model}: wrote {os.path.relpath(dst, os.path.join(HERE, '..', '..', '..'))} "
-          f"({os.path.getsize(dst)} bytes), loss {loss.item():.17g}")
     grads = [n for n in sorted(out) if n.startswith("grad.")]
     assert sorted(n for n in ref if n.startswith("grad.")) == grads, "parameter set differs"
     worst_grad = max(rel(out[n], ref[n]) for n in grads)
@@ -331,6 +377,23 @@ def run(model):
           f"loss {rel(out['loss'], ref['loss'].to(F64)):.3e}  grads (worst) {worst_grad:.3e}")
     for n in grads:
         print(f"    {n:60s} {rel(out[n], ref[n]):.3e}")
+
+    # a batch with pad tokens in it (no transformers reference: transformers is not needed here)
+    pad = cfg.get("pad_token_id")
+    pad = PAD_TOKEN_FALLBACK if pad is None else pad
+    padded_ids = padded_batch(ids, pad)
+    padded = evaluate(model, cfg, weights, padded_ids, pad)
+    padded["input_ids"] = padded_ids
+    padded["pad_token_id"] = torch.tensor([pad], dtype=torch.int64)
+    write(model + "_padded", padded)
+    # What padding_idx changes: the pad row's gradient, against the same batch embedded without it.
+    plain = evaluate(model, cfg, weights, padded_ids, None)
+    table = "transformer.wte.weight" if model == "gpt2" else "model.embed_tokens.weight"
+    row, plain_row = padded["grad." + table][pad], plain["grad." + table][pad]
+    print(f"  padded batch, pad token {pad}: |pad-row gradient| {row.abs().max().item():.3e}, "
+          f"without padding_idx {plain_row.abs().max().item():.3e}, "
+          f"max |difference| / max |without| {rel(row, plain_row):.3e}; "
+          f"logits identical: {torch.equal(padded['logits'], plain['logits'])}")
 
 
 def main():
