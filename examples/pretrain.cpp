@@ -1,4 +1,6 @@
-// pretrain — trains a small byte-level decoder on real English text on a CPU.
+// pretrain — trains a small decoder on real English text on a CPU: byte-level, or over the
+// vocabulary of a SentencePiece model given with --tokenizer (e.g. one trained with Debian's
+// spm_train; docs/tokenizers.md), which is then saved beside the weights as tokenizer.model.
 //
 // Default corpus: Debian's `fortunes` (/usr/share/games/fortunes, ~2.5 MB) mixed with the
 // Collaborative International Dictionary of English (`dict-gcide`, ~40 MB once decompressed), both
@@ -8,9 +10,11 @@
 //
 //   ./build/examples/pretrain                      # the default run (~10 minutes on 2 cores)
 //   ./build/examples/pretrain --steps 200 --eval-every 50   # a quick look
+//   ./build/examples/pretrain --tokenizer fortunes.model --out runs/pretrain-spm   # subword tokens
 //   ./build/examples/pretrain --help               # every hyper-parameter
 #include <dca/cache/generate.hpp>
 #include <dca/dca.hpp>
+#include <dca/data/hf_tokenizer.hpp>
 #include <dca/data/tokenizer.hpp>
 #include <dca/train/trainer.hpp>
 
@@ -31,13 +35,13 @@ using dca::index_t;
 using Clock = std::chrono::steady_clock;
 
 
-// Continues `prompt` by `length` bytes with cached decoding, printing each byte as it comes. The model
-// was trained on windows of `context` bytes, so the cache holds at most that many: when it is full,
-// generation restarts from the last context/2 bytes (one prefill) and continues.
-void print_sample(dca::Decoder<float>& model, const std::string& prompt, index_t length, index_t context,
-                  dca::GenerationConfig config) {
-  const dca::ByteTokenizer tokenizer;
+// Continues `prompt` by `length` tokens with cached decoding, printing each token's text as it comes.
+// The model was trained on windows of `context` tokens, so the cache holds at most that many: when it
+// is full, generation restarts from the last context/2 tokens (one prefill) and continues.
+void print_sample(dca::Decoder<float>& model, const dca::AnyTokenizer& tokenizer, const std::string& prompt,
+                  index_t length, index_t context, dca::GenerationConfig config) {
   std::vector<index_t> text = tokenizer.encode(prompt);
+  dca::TextStream stream(tokenizer, text);
   dca::KVCache<float> cache(model.config(), context);
   dca::Tape<float> tape;
   std::fputs(prompt.c_str(), stdout);
@@ -50,8 +54,8 @@ void print_sample(dca::Decoder<float>& model, const std::string& prompt, index_t
     config.max_tokens = length - produced;
     config.seed = seed + restart;
     const auto result = dca::generate(tape, model, cache, std::span<const index_t>(text).last(keep), config,
-                                      [](index_t token) {
-                                        std::putchar(static_cast<unsigned char>(token));
+                                      [&](index_t token) {
+                                        std::fputs(stream.push(token).c_str(), stdout);
                                         std::fflush(stdout);
                                         return true;
                                       });
@@ -59,13 +63,25 @@ void print_sample(dca::Decoder<float>& model, const std::string& prompt, index_t
     produced += static_cast<index_t>(result.tokens.size());
     if (result.reason != dca::StopReason::cache_full) break;
   }
+  std::fputs(stream.flush().c_str(), stdout);
   std::putchar('\n');
+}
+
+// The tokenizer of --tokenizer: a SentencePiece model file, or bytes when none is given.
+dca::AnyTokenizer load_tokenizer(const std::string& file) {
+  if (file.empty()) return dca::ByteTokenizer{};
+#if defined(DCA_HAVE_SENTENCEPIECE)
+  return dca::SentencePieceTokenizer::load(file);
+#else
+  throw dca::UsageError("--tokenizer needs SentencePiece, which this build of dca was configured without: install "
+                        "libsentencepiece-dev and configure again");
+#endif
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Pretrain a small byte-level decoder on real English text"};
+  CLI::App app{"Pretrain a small decoder on real English text, byte-level or over a SentencePiece vocabulary"};
   std::string architecture = "llama";
   index_t layers = 4, heads = 4, dim = 128, mlp = 384;
   dca::TrainerConfig run;
@@ -79,7 +95,7 @@ int main(int argc, char** argv) {
   sampling.temperature = 0.8;
   std::string fortunes_dir = "/usr/share/games/fortunes", dictionary = "/usr/share/dictd/gcide.dict.dz";
   std::vector<std::string> extra_text;
-  std::string out_dir = "runs/pretrain", prompt = "The meaning of ";
+  std::string out_dir = "runs/pretrain", prompt = "The meaning of ", tokenizer_file;
   bool resume = false;
 
   app.add_option("--arch", architecture, "llama (rotary, RMSNorm, SwiGLU), qwen2, gemma2 or gpt2 (learned positions)")
@@ -88,7 +104,11 @@ int main(int argc, char** argv) {
   app.add_option("--heads", heads, "attention heads")->capture_default_str();
   app.add_option("--dim", dim, "model width d")->capture_default_str();
   app.add_option("--mlp", mlp, "MLP width")->capture_default_str();
-  app.add_option("--seq-len", run.seq_len, "bytes per training sequence")->capture_default_str();
+  app.add_option("--tokenizer", tokenizer_file,
+                 "a SentencePiece model (spm_train's .model): train over its vocabulary instead of bytes; saved "
+                 "as <out>/model/tokenizer.model");
+  app.add_option("--seq-len", run.seq_len, "tokens (bytes, without --tokenizer) per training sequence")
+      ->capture_default_str();
   app.add_option("--batch", run.batch_size, "sequences per step")->capture_default_str();
   app.add_option("--steps", optimization.total_steps, "optimizer steps (the cosine schedule spans them)")
       ->capture_default_str();
@@ -115,10 +135,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--resume", resume, "continue from <out>/checkpoint.safetensors");
   app.add_option("--time-limit", time_limit_minutes, "stop after this many minutes (0: none)")->capture_default_str();
-  app.add_option("--sample-bytes", sample_bytes, "bytes to generate at the end")->capture_default_str();
+  app.add_option("--sample-bytes,--sample-tokens", sample_bytes, "tokens (bytes, without --tokenizer) to generate at the end")
+      ->capture_default_str();
   app.add_option("--temperature", sampling.temperature, "sampling temperature (0: greedy)")->capture_default_str();
-  app.add_option("--top-k", sampling.top_k, "sample among the k most likely bytes (0: off)")->capture_default_str();
-  app.add_option("--top-p", sampling.top_p, "nucleus sampling: the most likely bytes with this mass (1: off)")
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens (0: off)")->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "nucleus sampling: the most likely tokens with this mass (1: off)")
       ->capture_default_str();
   app.add_option("--prompt", prompt, "prompt of the generated sample")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -130,22 +151,39 @@ int main(int argc, char** argv) {
     sampling.validate();  // before training, not after it
     if (prompt.empty()) throw dca::UsageError("--prompt must not be empty: the sample continues it");
     dca::set_num_threads(threads);
+    const dca::AnyTokenizer tokenizer = load_tokenizer(tokenizer_file);
+    const bool subword = !tokenizer_file.empty();
+    const char* unit = subword ? "tokens" : "bytes";
+    if (subword)
+      std::printf("tokenizer %s: %ld pieces\n", tokenizer_file.c_str(), static_cast<long>(tokenizer.vocab_size()));
     dca::CorpusMixture corpus;
+    // With a tokenizer, each source is encoded once here; windows and batches then count tokens.
+    auto add = [&](dca::TextSource source, double weight) {
+      if (subword) {
+        const auto start = Clock::now();
+        const double megabytes = static_cast<double>(source.size()) / 1e6;
+        source = source.encoded(tokenizer);
+        std::printf("encoded %s: %.1f MB into %.2f M tokens (%.2f bytes a token) in %.1f s\n", source.name().c_str(),
+                    megabytes, static_cast<double>(source.size()) / 1e6, megabytes * 1e6 / static_cast<double>(source.size()),
+                    std::chrono::duration<double>(Clock::now() - start).count());
+      }
+      corpus.add(std::move(source), weight);
+    };
     if (!fortunes_dir.empty())
-      corpus.add(dca::TextSource::from_directory(fortunes_dir, dca::skip_suffixes({".dat", ".u8"})), fortunes_weight);
-    if (!dictionary.empty()) corpus.add(dca::TextSource::from_gzip(dictionary), dictionary_weight);
-    for (const std::string& path : extra_text) corpus.add(dca::TextSource::from_file(path));
+      add(dca::TextSource::from_directory(fortunes_dir, dca::skip_suffixes({".dat", ".u8"})), fortunes_weight);
+    if (!dictionary.empty()) add(dca::TextSource::from_gzip(dictionary), dictionary_weight);
+    for (const std::string& path : extra_text) add(dca::TextSource::from_file(path), 1.0);
     if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes, --dictionary or --text");
     for (index_t s = 0; s < corpus.source_count(); ++s)
-      std::printf("corpus %-34s %6.1f MB (train %.1f MB, held out %.2f MB), weight %.2f\n",
-                  corpus.source(s).name().c_str(), static_cast<double>(corpus.source(s).size()) / 1e6,
+      std::printf("corpus %-34s %6.2f M %s (train %.2f M, held out %.3f M), weight %.2f\n",
+                  corpus.source(s).name().c_str(), static_cast<double>(corpus.source(s).size()) / 1e6, unit,
                   static_cast<double>(corpus.split(s).bytes(dca::Split::train)) / 1e6,
                   static_cast<double>(corpus.split(s).bytes(dca::Split::validation)) / 1e6, corpus.weight(s));
 
     const std::optional<dca::Architecture> family = dca::architecture_of_model_type(architecture);
     if (!family) throw dca::UsageError("--arch must be gpt2, llama, qwen2 or gemma2, got '" + architecture + "'");
     const dca::DecoderConfig config =
-        dca::DecoderConfig::preset(*family, {.vocab = 256,
+        dca::DecoderConfig::preset(*family, {.vocab = tokenizer.vocab_size(),
                                              .dim = dim,
                                              .layers = layers,
                                              .heads = heads,
@@ -153,10 +191,12 @@ int main(int argc, char** argv) {
                                              // a learned position table as long as the sequences
                                              .max_positions = *family == dca::Architecture::gpt2 ? run.seq_len : 1024});
     dca::Decoder<float> model(config, run.seed);
-    std::printf("model %s: %ld layers, d=%ld, %ld heads, %ld parameters; %ld steps of %ld×%ld bytes, %d threads\n",
+    std::printf("model %s: %ld layers, d=%ld, %ld heads, vocabulary %ld, %ld parameters; %ld steps of %ld×%ld %s, %d "
+                "threads\n",
                 architecture.c_str(), static_cast<long>(layers), static_cast<long>(dim), static_cast<long>(heads),
-                static_cast<long>(model.parameter_count()), static_cast<long>(optimization.total_steps),
-                static_cast<long>(run.batch_size), static_cast<long>(run.seq_len), threads);
+                static_cast<long>(config.vocab_size), static_cast<long>(model.parameter_count()),
+                static_cast<long>(optimization.total_steps), static_cast<long>(run.batch_size),
+                static_cast<long>(run.seq_len), unit, threads);
     std::printf("gemm: %s\n", dca::gemm_backend_summary().c_str());
 
     std::filesystem::create_directories(out_dir);
@@ -189,7 +229,7 @@ int main(int argc, char** argv) {
       }
       if (evaluated) {
         const double held_out = curve->last().held_out.front();
-        std::printf("\n  held-out loss %.4f nats/byte (%.3f bits) at step %ld, %s\n", held_out,
+        std::printf("\n  held-out loss %.4f nats/%s (%.3f bits) at step %ld, %s\n", held_out, subword ? "token" : "byte",
                     held_out / std::log(2.0), static_cast<long>(step), dca::format_duration(elapsed).c_str());
       }
       if (step % checkpoint_every == 0 || step == optimization.total_steps) trainer.save_checkpoint(checkpoint);
@@ -201,15 +241,16 @@ int main(int argc, char** argv) {
     }
     const double final_loss = trainer.validation_loss(run.curve.eval_batches);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    std::printf("\nfinal held-out loss %.4f nats/byte after %ld steps in %s\n", final_loss,
+    std::printf("\nfinal held-out loss %.4f nats/%s after %ld steps in %s\n", final_loss, subword ? "token" : "byte",
                 static_cast<long>(trainer.step_count()), dca::format_duration(seconds).c_str());
     const auto hf_dir = std::filesystem::path(out_dir) / "model";
     dca::save_hf_decoder(model, hf_dir);
+    dca::save_hf_tokenizer(tokenizer, hf_dir);  // tokenizer.model beside the weights; none for bytes
     std::printf("saved the model to %s (Hugging Face layout) and checkpoints to %s\n\n", hf_dir.c_str(),
                 checkpoint.c_str());
     std::printf("sample (temperature %.2f, top-k %ld, top-p %.2f):\n", sampling.temperature,
                 static_cast<long>(sampling.top_k), sampling.top_p);
-    print_sample(model, prompt, sample_bytes, run.seq_len, sampling);
+    print_sample(model, tokenizer, prompt, sample_bytes, run.seq_len, sampling);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\npretrain: %s\n", e.what());
     return 1;
