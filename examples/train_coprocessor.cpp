@@ -1,8 +1,10 @@
 // train_coprocessor — trains a coprocessor through a frozen, pretrained decoder on plain text and
 // reports the held-out loss of the n-th token after the latents, with and without augmentation.
 // The run directory (--out) gets a checkpoint every --checkpoint-every steps, the learning curve
-// (learning_curve.csv, .svg) and at the end the trained coprocessor (coprocessor.safetensors). A
-// stopped run continues bit-identically with --resume; --stop-at ends a run early on purpose.
+// (learning_curve.csv, .svg) and at the end the trained coprocessor: its training checkpoint
+// (coprocessor.safetensors) and a coprocessor directory beside the decoder's (coprocessor/:
+// config.json + model.safetensors, docs/io.md) that dca::load_coprocessor and python/dca_torch.py
+// load. A stopped run continues bit-identically with --resume; --stop-at ends a run early on purpose.
 //
 //   ./build/examples/pretrain                                  # once: writes runs/pretrain/model
 //   ./build/examples/train_coprocessor                         # N_L = 16, N_A = 16, K = 16
@@ -14,6 +16,7 @@
 //   ./build/examples/train_coprocessor --steps 20000 --resume         # ... continued to the end
 //   ./build/examples/train_coprocessor --help                  # every option
 #include <dca/coproc/trainer.hpp>
+#include <dca/data/hf_tokenizer.hpp>
 #include <dca/dca.hpp>
 
 #include "progress.hpp"
@@ -46,12 +49,18 @@ struct Options {
   examples::RunControl control;
 };
 
+// The text in the decoder's own tokens: bytes, or the ids of the tokenizer.model beside its weights
+// (pretrain --tokenizer; docs/tokenizers.md).
 dca::CorpusMixture load_corpus(const Options& o) {
+  const dca::HfTokenizer tokenizer = dca::load_hf_tokenizer(o.decoder_dir);
+  const auto tokens = [&](dca::TextSource text) {
+    return tokenizer.file.empty() ? std::move(text) : text.encoded(tokenizer.tokenizer);
+  };
   dca::CorpusMixture corpus;
   if (!o.fortunes_dir.empty())
-    corpus.add(dca::TextSource::from_directory(o.fortunes_dir, dca::skip_suffixes({".dat", ".u8"})));
-  if (!o.dictionary.empty()) corpus.add(dca::TextSource::from_gzip(o.dictionary));
-  for (const std::string& path : o.extra_text) corpus.add(dca::TextSource::from_file(path));
+    corpus.add(tokens(dca::TextSource::from_directory(o.fortunes_dir, dca::skip_suffixes({".dat", ".u8"}))));
+  if (!o.dictionary.empty()) corpus.add(tokens(dca::TextSource::from_gzip(o.dictionary)));
+  for (const std::string& path : o.extra_text) corpus.add(tokens(dca::TextSource::from_file(path)));
   if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes, --dictionary or --text");
   return corpus;
 }
@@ -125,7 +134,14 @@ int run(const Options& o) {
   }
   const auto trained = std::filesystem::path(o.out_dir) / "coprocessor.safetensors";
   trainer.save_checkpoint(trained);
-  std::printf("\ntrained in %s; saved %s\n", dca::format_duration(seconds).c_str(), trained.c_str());
+  const auto directory = std::filesystem::path(o.out_dir) / "coprocessor";
+  dca::save_coprocessor(coprocessor, directory);
+  std::printf("\ntrained in %s; saved %s and the coprocessor directory %s\n", dca::format_duration(seconds).c_str(),
+              trained.c_str(), directory.c_str());
+  // dca_torch.py reads --text as bytes; a subword decoder's prompt goes in as token ids.
+  const bool byte_level = !std::filesystem::exists(std::filesystem::path(o.decoder_dir) / "tokenizer.model");
+  std::printf("run it in PyTorch: /usr/bin/python3 python/dca_torch.py %s %s %s\n", o.decoder_dir.c_str(),
+              directory.c_str(), byte_level ? "--text \"The \"" : "--ids <prompt token ids>");
   if (const dca::LearningCurve* curve = trainer.learning_curve())
     std::printf("learning curve: %s, %s\n", curve->csv_path().c_str(), curve->svg_path().c_str());
   print_table(before, trainer.evaluate(o.eval_batches, o.eval_points));

@@ -3,7 +3,7 @@
 # Debian machine lacks. Safe to run again: it installs only missing packages.
 #   scripts/install-deps.sh                 # build, tests, examples, benchmarks
 #   scripts/install-deps.sh --with-fuzzer   # and Clang's libFuzzer
-#   scripts/install-deps.sh --with-pytorch  # and PyTorch, for benchmarks/compare_pytorch.sh
+#   scripts/install-deps.sh --with-pytorch  # and PyTorch: python/dca_torch.py, its tests, benchmarks/compare_pytorch.sh
 set -euo pipefail
 
 packages=(
@@ -17,6 +17,8 @@ packages=(
   doctest-dev               # tests
   libbenchmark-dev          # benchmarks
   libcli11-dev              # command lines of the examples
+  libsentencepiece-dev      # subword tokenizers (tokenizer.model) of real checkpoints; optional
+  sentencepiece             # spm_train: trains one (the tokenizer tests, pretrain --tokenizer)
   fortunes dict-gcide       # the default pretraining corpus: real English text
 )
 
@@ -24,7 +26,8 @@ for option in "$@"; do
   case "$option" in
     # Clang and its runtime, for the libFuzzer target (tests/fuzz), as CI runs it.
     --with-fuzzer) packages+=(clang libclang-rt-14-dev) ;;
-    # PyTorch for the side-by-side benchmark; without an OpenMP OpenBLAS it falls back to the
+    # PyTorch for python/dca_torch.py (tested against dca by coprocessor_torch_tests, skipped
+    # without it) and the side-by-side benchmark; without an OpenMP OpenBLAS it falls back to the
     # reference BLAS, 20x slower.
     --with-pytorch) packages+=(python3-torch libopenblas0-openmp) ;;
     *) echo "install-deps: unknown option $option" >&2; exit 2 ;;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "dca/core/config.hpp"
+#include "dca/core/dtype.hpp"
 #include "dca/core/error.hpp"
 #include "dca/core/gemm.hpp"
 #include "dca/core/random.hpp"
@@ -15,10 +16,13 @@
 #include "dca/autodiff/ops.hpp"
 #include "dca/nn/nn.hpp"
 #include "dca/io/atomic_file.hpp"
+#include "dca/io/mapped_file.hpp"
 #include "dca/io/safetensors.hpp"
+#include "dca/io/sharded_safetensors.hpp"
 #include "dca/io/hf.hpp"
 #include "dca/data/tokenizer.hpp"
 #include "dca/data/corpus.hpp"
+#include "dca/data/hf_tokenizer.hpp"  // and sentencepiece_tokenizer.hpp, when SentencePiece was found
 #include "dca/train/parameter_table.hpp"
 #include "dca/train/optimizer.hpp"
 #include "dca/train/schedule.hpp"
@@ -38,6 +42,7 @@
 #include "dca/coproc/evaluate.hpp"
 #include "dca/coproc/trainer.hpp"
 #include "dca/coproc/session.hpp"
+#include "dca/io/coprocessor_dir.hpp"
 #include "dca/experiment/arithmetic.hpp"
 #include "dca/experiment/compute.hpp"
 #include "dca/io/csv.hpp"
