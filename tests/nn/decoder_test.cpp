@@ -86,6 +86,26 @@ TEST_CASE("the parameter count adds up every weight once, a tied head included o
   CHECK(gpt2.parameter_count() == 11 * 8 + 16 * 8 + 2 * block + 16);
 }
 
+TEST_CASE("a decoder built to be loaded into draws no weights (embeddings and projections zero), and init gives it the seeded ones") {
+  for (const auto& config : tiny_presets()) {
+    CAPTURE(config.architecture);
+    dca::Decoder<float> to_load(config, dca::uninitialized_weights);
+    dca::Decoder<float> seeded(config, 7);
+    to_load.init(7);
+    auto loaded_parameters = to_load.parameters();
+    auto seeded_parameters = seeded.parameters();
+    REQUIRE(loaded_parameters.size() == seeded_parameters.size());
+    for (std::size_t i = 0; i < seeded_parameters.size(); ++i)
+      CHECK(loaded_parameters[i]->value().matrix() == seeded_parameters[i]->value().matrix());
+    dca::Decoder<float> zero(config, dca::uninitialized_weights);
+    for (dca::Parameter<float>* p : zero.parameters()) {
+      if (p->shape().rank() < 2) continue;  // norms start as the identity, biases at zero
+      CAPTURE(p->name());
+      CHECK(p->value().matrix().cwiseAbs().maxCoeff() == 0.0f);
+    }
+  }
+}
+
 TEST_CASE("a config names the field that is wrong") {
   auto c = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 2, .heads = 3, .kv_heads = 2, .mlp = 12});
   c.head_dim = 4;

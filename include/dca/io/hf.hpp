@@ -152,7 +152,7 @@ Decoder<T> load_hf_decoder(const std::filesystem::path& directory) {
   DecoderConfig config = read_hf_config(directory / "config.json");
   const ShardedSafeTensors weights = open_hf_weights(directory);
   config.storage_dtype = stored_dtype(weights, config.storage_dtype);
-  Decoder<T> decoder(std::move(config));
+  Decoder<T> decoder(std::move(config), uninitialized_weights);
   load_hf_weights(decoder, weights);
   return decoder;
 }

@@ -69,11 +69,22 @@ struct DecoderOutput {
   }
 };
 
+/// Tag for a decoder whose weights are about to be overwritten, as by a checkpoint load: no random
+/// weights are drawn, which for a large model takes longer than loading it.
+struct UninitializedWeights {};
+inline constexpr UninitializedWeights uninitialized_weights{};
+
 template <Scalar T>
 class Decoder {
  public:
   /// A decoder with freshly initialised weights (deterministic for a given seed).
-  explicit Decoder(DecoderConfig config, std::uint64_t seed = 0) : config_(std::move(config)) {
+  explicit Decoder(DecoderConfig config, std::uint64_t seed = 0) : Decoder(std::move(config), uninitialized_weights) {
+    init(seed);
+  }
+
+  /// A decoder whose embeddings and projections are zero (norms the identity, biases zero) until
+  /// init() or a load sets them.
+  Decoder(DecoderConfig config, UninitializedWeights) : config_(std::move(config)) {
     config_.validate();
     const index_t d = config_.hidden_size;
     const HfNames& names = hf_names(config_.architecture);
@@ -84,7 +95,6 @@ class Decoder {
     for (index_t l = 0; l < config_.n_layers; ++l) blocks_.emplace_back(config_, l);
     final_norm_ = Norm<T>(names.final_norm, d, config_.norm, config_.norm_eps);
     if (!config_.tie_embeddings) head_ = Parameter<T>(names.head, Tensor<T>(Shape{config_.vocab_size, d}));
-    init(seed);
   }
 
   const DecoderConfig& config() const { return config_; }
