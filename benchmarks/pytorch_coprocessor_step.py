@@ -59,7 +59,6 @@ two float32 ulps (and decays the same ones). Any miss: a message with both numbe
 exit status 1.
 """
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -70,6 +69,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_openblas import loaded_openblas, openblas_core, set_threads
 
 N_LATENTS = 16  # N_L, Coprocessor<float, 16>
 N_AHEAD = 16    # N_A, CoprocessorConfig{}.n_ahead
@@ -387,31 +388,6 @@ def random_points(batch, seq_len, k, generator):
 
 
 # ---- BLAS ------------------------------------------------------------------------------------------
-
-def loaded_openblas():
-    """The OpenBLAS this process loaded (Debian's torch reaches it through libblas.so.3), or None."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "libopenblas" in line:
-                return line.split()[-1]
-    return None
-
-
-def openblas_core():
-    """OpenBLAS's kernel set in this process (OPENBLAS_CORETYPE chooses it), or None."""
-    if not loaded_openblas():
-        return None
-    corename = ctypes.CDLL(loaded_openblas()).openblas_get_corename
-    corename.restype = ctypes.c_char_p
-    return corename().decode()
-
-
-def set_threads(threads):
-    """torch.set_num_threads, and the same count for OpenBLAS: Debian's torch is built against a
-    generic BLAS and does not tell OpenBLAS, whose pthread flavour would otherwise use every core."""
-    torch.set_num_threads(threads)
-    if loaded_openblas():
-        ctypes.CDLL(loaded_openblas()).openblas_set_num_threads(threads)
 
 
 # ---- timing ----------------------------------------------------------------------------------------

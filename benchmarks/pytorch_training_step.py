@@ -18,13 +18,14 @@ the library path above selects the OpenMP flavour, PyTorch's fastest here (compa
 sets it), and the script sets OpenBLAS's thread count to --threads whichever flavour is loaded.
 """
 import argparse
-import ctypes
 import math
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_openblas import loaded_openblas, openblas_core, set_threads
 
 CONFIGS = {  # name: (layers, heads, d, T, vocab, batch), as in bench_training.cpp
     "tiny": (2, 4, 128, 64, 96, 16),
@@ -81,32 +82,6 @@ class GPT2(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.t()  # tied head
-
-
-def loaded_openblas():
-    """The OpenBLAS this process loaded (Debian's torch reaches it through libblas.so.3), or None."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "libopenblas" in line:
-                return line.split()[-1]
-    return None
-
-
-def openblas_core():
-    """OpenBLAS's kernel set in this process (OPENBLAS_CORETYPE chooses it), or None."""
-    if not loaded_openblas():
-        return None
-    corename = ctypes.CDLL(loaded_openblas()).openblas_get_corename
-    corename.restype = ctypes.c_char_p
-    return corename().decode()
-
-
-def set_threads(threads):
-    """torch.set_num_threads, and the same count for OpenBLAS: Debian's torch is built against a
-    generic BLAS and does not tell OpenBLAS, whose pthread flavour would otherwise use every core."""
-    torch.set_num_threads(threads)
-    if loaded_openblas():
-        ctypes.CDLL(loaded_openblas()).openblas_set_num_threads(threads)
 
 
 def run(name, threads, steps):
