@@ -293,7 +293,8 @@ TEST_CASE("a checkpoint loads recording the dtype it was stored in, saves back i
     dca::test::TempDir first, second, third;
     dca::save_hf_decoder(original, first.path, {.dtype = dtype});
     CHECK(hf_read_json(first.path / "config.json").at("dtype") == torch_name);
-    for (const auto& e : dca::SafeTensors::read(first.path / "model.safetensors").entries()) CHECK(e.dtype == dtype);
+    const auto first_file = dca::SafeTensors::read(first.path / "model.safetensors");
+    for (const auto& e : first_file.entries()) CHECK(e.dtype == dtype);
 
     auto loaded = dca::load_hf_decoder<float>(first.path);
     CHECK(loaded.config().storage_dtype == dtype);
@@ -314,7 +315,8 @@ TEST_CASE("a checkpoint loads recording the dtype it was stored in, saves back i
     // Asked for float32: stored so, and said so.
     dca::save_hf_decoder(loaded, third.path, {.dtype = dca::DType::f32});
     CHECK(hf_read_json(third.path / "config.json").at("dtype") == "float32");
-    for (const auto& e : dca::SafeTensors::read(third.path / "model.safetensors").entries()) CHECK(e.dtype == dca::DType::f32);
+    const auto third_file = dca::SafeTensors::read(third.path / "model.safetensors");
+    for (const auto& e : third_file.entries()) CHECK(e.dtype == dca::DType::f32);
     CHECK(dca::load_hf_decoder<float>(third.path).config().storage_dtype == dca::DType::f32);
   }
   dca::test::TempDir dir;

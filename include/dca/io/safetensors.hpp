@@ -315,7 +315,9 @@ class SafeTensors {
   }
 
   /// Every tensor's header entry, in the order of the data (ascending offsets).
-  std::span<const TensorEntry> entries() const { return entries_; }
+  std::span<const TensorEntry> entries() const& { return entries_; }
+  /// Not on a temporary: `for (auto& e : SafeTensors::read(p).entries())` would read freed entries.
+  std::span<const TensorEntry> entries() const&& = delete;
 
   /// The header entry of tensor `name`; FormatError naming it if the file has no such tensor.
   const TensorEntry& entry(std::string_view name) const {
