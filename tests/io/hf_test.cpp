@@ -7,9 +7,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <string>
 #include <utility>
@@ -414,4 +416,38 @@ TEST_CASE("a directory without weights, or an integer tensor in place of a weigh
   CHECK_THROWS_WITH_AS(dca::load_hf_decoder<float>(dir.path),
                        doctest::Contains("model.safetensors: tensor 'model.norm.weight' holds I64 integers, not weights"),
                        dca::FormatError);
+}
+
+// Issue 15: a NaN weight used to load silently and surface as a non-finite gradient at the first
+// training step. It is refused at load, naming the tensor, in every stored dtype, and a refused
+// load leaves the decoder as it was — the bad tensor is the last parameter, so a check made while
+// converting would already have overwritten the others.
+TEST_CASE("a weight that is NaN or infinite, or that overflows when narrowed, is a FormatError naming the tensor") {
+  const auto config = DecoderConfig::llama({.vocab = 11, .dim = 8, .layers = 1, .heads = 2, .mlp = 12});
+  const std::string victim = dca::Decoder<float>(config, 1).parameters().back()->name();
+  struct Case {
+    dca::DType dtype;
+    double value;
+    const char* expected;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const Case c : {Case{dca::DType::f32, std::nan(""), "holds nan at element 5"},
+                       Case{dca::DType::bf16, -inf, "holds -inf at element 5"},
+                       Case{dca::DType::f16, std::nan(""), "holds nan at element 5"},
+                       Case{dca::DType::f64, inf, "holds inf at element 5"},
+                       Case{dca::DType::f64, 1e300, "holds 1e+300 at element 5, which is inf as float"}}) {
+    CAPTURE(c.dtype);
+    CAPTURE(c.value);
+    dca::test::TempDir dir;
+    dca::Decoder<double> source(config, 1);
+    source.parameter(victim).value()[5] = c.value;
+    dca::save_hf_decoder(source, dir.path, {.dtype = c.dtype});
+    const std::string expected = "model.safetensors: tensor '" + victim + "' " + c.expected;
+    CHECK_THROWS_WITH_AS(dca::load_hf_decoder<float>(dir.path), doctest::Contains(expected.c_str()), dca::FormatError);
+    dca::Decoder<float> target(config, 2);
+    const auto before = hf_values(target);
+    CHECK_THROWS_WITH_AS(dca::load_hf_weights(target, dca::open_hf_weights(dir.path)),
+                         doctest::Contains(expected.c_str()), dca::FormatError);
+    CHECK(hf_values(target) == before);
+  }
 }

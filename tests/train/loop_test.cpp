@@ -7,7 +7,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <limits>
+#include <string>
 #include <vector>
 
 using dca::index_t;
@@ -205,4 +208,76 @@ TEST_CASE("an error in one part of a step in parts reaches the caller, on two th
                        "part 1 failed", dca::UsageError);
   CHECK(loop.step_count() == 0);
   dca::set_num_threads(previous_threads);
+}
+
+// Issue 15: a run whose loss turns NaN must stop at that step, before the update and before any
+// checkpoint, naming the step, the loss and the first parameter whose gradient is not finite —
+// with clipping off too, where nothing else computes the gradient norm.
+TEST_CASE("a loss that turns NaN stops the run at that step and leaves the last good step's checkpoint") {
+  for (const double grad_clip : {0.0, 1.0}) {
+    CAPTURE(grad_clip);
+    TempDir dir;
+    const auto path = dir.path / "checkpoint.safetensors";
+    dca::OptimizationConfig schedule = tiny_schedule();
+    schedule.grad_clip = grad_clip;
+    dca::Decoder<float> model(one_layer_model(), 1);
+    dca::TrainingLoop<float> loop({{.name = "model", .parameters = model.parameters()}}, schedule);
+    const auto ids = dca::test::random_tokens(2 * 8, 3, 256);
+    const index_t diverging = 4;  // the 4th step's loss is NaN
+    const auto step = [&] {
+      return loop.step([&](dca::Tape<float>& tape) {
+        const dca::Var<float> loss = model.loss(tape, ids, ids, 2);
+        return loop.step_count() + 1 == diverging ? loss * std::numeric_limits<float>::quiet_NaN() : loss;
+      });
+    };
+    // A trainer's run: a checkpoint after every step (every N steps, with N = 1), for 6 steps.
+    std::vector<dca::Tensor<float>> good;  // the weights after the last good step
+    const auto run = [&] {
+      for (index_t s = 1; s <= 6; ++s) {
+        step();
+        loop.save_checkpoint(path, {});
+        if (s == diverging - 1)
+          for (const dca::Parameter<float>* p : model.parameters()) good.push_back(p->value());
+      }
+    };
+    const std::string first = model.parameters().front()->name();
+    CHECK_THROWS_WITH_AS(run(),
+                         doctest::Contains(("step 4: loss = nan, gradient norm = nan; the gradient of '" + first + "'").c_str()),
+                         dca::DivergenceError);
+    REQUIRE(good.size() == model.parameters().size());
+    CHECK(loop.step_count() == diverging - 1);
+    CHECK(loop.optimizer().step_count() == diverging - 1);
+    const auto parameters = model.parameters();
+    for (std::size_t k = 0; k < parameters.size(); ++k)
+      CHECK(std::ranges::equal(parameters[k]->value().span(), good[k].span()));
+    for (const dca::Parameter<float>* p : parameters)  // nothing of the refused step is left for the next one
+      if (p->has_grad()) CHECK(std::ranges::all_of(p->grad().span(), [](float g) { return g == 0.0f; }));
+    // The file on disk is the checkpoint of step 3, and a fresh loop resumes from it.
+    dca::Decoder<float> resumed_model(one_layer_model(), 9);
+    dca::TrainingLoop<float> resumed({{.name = "model", .parameters = resumed_model.parameters()}}, schedule);
+    const auto metadata = resumed.load_checkpoint(path, {}, [](const auto&) {});
+    CHECK(metadata.at("step") == "3");
+    const auto restored = resumed_model.parameters();
+    for (std::size_t k = 0; k < restored.size(); ++k)
+      CHECK(std::ranges::equal(restored[k]->value().span(), good[k].span()));
+  }
+}
+
+TEST_CASE("an infinite loss with finite gradients is refused too, and says the gradients are finite") {
+  dca::Decoder<double> model(one_layer_model(), 1);
+  dca::TrainingLoop<double> loop({{.name = "model", .parameters = model.parameters()}}, tiny_schedule());
+  const auto ids = dca::test::random_tokens(8, 1, 256);
+  const auto before = model.parameters().front()->value();
+  CHECK_THROWS_WITH_AS(loop.step([&](dca::Tape<double>& tape) {
+    return model.loss(tape, ids, ids, 1) + std::numeric_limits<double>::infinity();  // the gradient of +c is the loss's
+  }),
+                       doctest::Contains("step 1: loss = inf, gradient norm = "), dca::DivergenceError);
+  CHECK_THROWS_WITH_AS(loop.step([&](dca::Tape<double>& tape) {
+    return model.loss(tape, ids, ids, 1) + std::numeric_limits<double>::infinity();
+  }),
+                       doctest::Contains("every gradient is finite; the loss alone is not"), dca::DivergenceError);
+  CHECK(loop.step_count() == 0);
+  CHECK(std::ranges::equal(model.parameters().front()->value().span(), before.span()));
+  loop.step([&](dca::Tape<double>& tape) { return model.loss(tape, ids, ids, 1); });  // a good step still runs
+  CHECK(loop.step_count() == 1);
 }

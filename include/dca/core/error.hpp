@@ -2,6 +2,8 @@
 // the shapes or values involved, so a user can tell what went wrong without a debugger.
 #pragma once
 
+#include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -30,6 +32,15 @@ struct NonFiniteError : std::domain_error {
   using std::domain_error::domain_error;
 };
 
+/// A training run whose loss or gradient norm became NaN or infinite: thrown by the training loop
+/// at that step, before the optimizer update, so the parameters, the optimizer state and any
+/// checkpoint are those of the last good step. The message names the step, the loss, the norm and
+/// the first parameter whose gradient is not finite. A NonFiniteError, so code that already
+/// catches those catches it too.
+struct DivergenceError : NonFiniteError {
+  using NonFiniteError::NonFiniteError;
+};
+
 /// A file or byte stream that is not what it claims to be (truncated or malformed safetensors,
 /// inconsistent config.json, a checkpoint missing a tensor, ...).
 struct FormatError : std::runtime_error {
@@ -49,6 +60,10 @@ std::string concat(Parts&&... parts) {
   (out << ... << std::forward<Parts>(parts));
   return out.str();
 }
+
+// A value for a message: any NaN as "nan", whatever its sign bit, which means nothing and would
+// otherwise print as "-nan" on some platforms and "nan" on others.
+inline double shown(double value) { return std::isnan(value) ? std::numeric_limits<double>::quiet_NaN() : value; }
 
 template <class Error, class... Parts>
 [[noreturn]] void fail(Parts&&... parts) {

@@ -270,6 +270,13 @@ inline void require_utf8(const std::string& text, const char* what) {
 
 }  // namespace detail
 
+/// A NaN or infinite element of a stored tensor (SafeTensors::first_non_finite): its row-major
+/// index and its stored value, which is finite when only the conversion overflows.
+struct NonFiniteElement {
+  index_t index;
+  double stored;
+};
+
 /// A safetensors file, memory-mapped (`read`) or held in memory (`parse`). Every dtype, shape,
 /// offset and size in the header is validated when the file is opened — the same code for both —
 /// and a malformed file throws FormatError with a message naming the file (or "safetensors
@@ -349,6 +356,35 @@ class SafeTensors {
       detail::fail<FormatError>(source_, ": tensor \"", name, "\" is ", Shape(std::span<const index_t>(e.shape)),
                                 " but the destination is ", destination.shape());
     convert_floats(e, destination.data());
+  }
+
+  /// The first element of floating-point tensor `name` that is NaN or infinite once read as T (a
+  /// finite F64 value beyond float's range counts, as tensor<float>() would make it infinite), or
+  /// nullopt. Scans the stored bytes through a small buffer — no copy of the tensor — so a loader
+  /// can refuse bad weights before it changes anything. FormatError as for tensor().
+  template <Scalar T>
+  std::optional<NonFiniteElement> first_non_finite(std::string_view name) const {
+    const TensorEntry& e = floating_entry(name, dtype_of<T>);
+    const std::size_t element = dtype_size(e.dtype);
+    std::optional<NonFiniteElement> found;
+    convert_in_parts(e, [&](std::span<const std::byte> part, std::size_t first) {
+      constexpr std::size_t chunk = 1024;  // elements per pass: a few kilobytes on the stack
+      std::array<T, chunk> values;
+      const std::size_t count = part.size() / element;
+      for (std::size_t begin = 0; begin < count && !found; begin += chunk) {
+        const std::size_t n = std::min(chunk, count - begin);
+        const std::span<const std::byte> bytes = part.subspan(begin * element, n * element);
+        decode_floats(e.dtype, bytes, values.data());
+        for (std::size_t i = 0; i < n; ++i) {
+          if (std::isfinite(values[i])) continue;
+          double stored = 0;
+          decode_floats(e.dtype, bytes.subspan(i * element, element), &stored);
+          found = NonFiniteElement{static_cast<index_t>(first + begin + i), stored};
+          break;
+        }
+      }
+    });
+    return found;
   }
 
   /// Tensor `name`'s I64 or I32 elements, flattened row-major (the shape is in entry(name)).
@@ -458,26 +494,30 @@ class SafeTensors {
   // Converts the floating-point tensor `e` into `out` (e.numel() elements).
   template <Scalar T>
   void convert_floats(const TensorEntry& e, T* out) const {
+    convert_in_parts(e, [&](std::span<const std::byte> part, std::size_t first) { decode_floats(e.dtype, part, out + first); });
+  }
+
+  // Converts the `dtype` elements in `in` to `out`.
+  template <class Out>
+  static void decode_floats(DType dtype, std::span<const std::byte> in, Out* out) {
     const auto same = [](auto value) { return value; };
-    convert_in_parts(e, [&](std::span<const std::byte> part, std::size_t first) {
-      switch (e.dtype) {
-        case DType::f32:
-          detail::decode<float>(part, out + first, same);
-          break;
-        case DType::f64:
-          detail::decode<double>(part, out + first, same);
-          break;
-        case DType::bf16:
-          detail::decode<std::uint16_t>(part, out + first, detail::bf16_to_float);
-          break;
-        case DType::f16:
-          detail::decode<std::uint16_t>(part, out + first, detail::f16_to_float);
-          break;
-        case DType::i64:
-        case DType::i32:
-          break;  // rejected by floating_entry
-      }
-    });
+    switch (dtype) {
+      case DType::f32:
+        detail::decode<float>(in, out, same);
+        break;
+      case DType::f64:
+        detail::decode<double>(in, out, same);
+        break;
+      case DType::bf16:
+        detail::decode<std::uint16_t>(in, out, detail::bf16_to_float);
+        break;
+      case DType::f16:
+        detail::decode<std::uint16_t>(in, out, detail::f16_to_float);
+        break;
+      case DType::i64:
+      case DType::i32:
+        break;  // rejected by floating_entry
+    }
   }
 
   // Calls convert(part, first element) over the tensor's data in parts of about part_bytes

@@ -308,6 +308,12 @@ class ShardedSafeTensors {
     return shard_of(name).template tensor<T>(name);
   }
 
+  /// The first NaN or infinite element of tensor `name` read as T (SafeTensors::first_non_finite).
+  template <Scalar T>
+  std::optional<NonFiniteElement> first_non_finite(std::string_view name) const {
+    return shard_of(name).template first_non_finite<T>(name);
+  }
+
   /// Converts tensor `name` straight into `destination` (SafeTensors::read_into).
   template <Scalar T>
   void read_into(std::string_view name, TensorView<T> destination) const {

@@ -3,6 +3,11 @@
 // optional learning curve, and checkpoints that resume bit-identically. A trainer says what to
 // compute (a loss on the tape); the loop says how to optimise it.
 //
+// A step whose loss or gradient norm is NaN or infinite is refused before the update: DivergenceError
+// naming the step, the loss, the norm and the first parameter at fault, with the parameters, the
+// optimizer state and the step count left at the last good step — so a trainer that saves a
+// checkpoint after its steps never overwrites a good one with a diverged one.
+//
 //   dca::TrainingLoop<float> loop({{"model", model.parameters()}}, {.max_lr = 1e-3, .total_steps = 500});
 //   while (loop.step_count() < 500)
 //     loop.step([&](dca::Tape<float>& tape) { return model.loss(tape, ids, targets, batch); });
@@ -18,6 +23,7 @@
 #include "dca/train/optimizer.hpp"
 #include "dca/train/schedule.hpp"
 
+#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <functional>
@@ -85,9 +91,16 @@ class TrainingLoop {
   template <class LossOf>
   double step(LossOf&& loss_of) {
     tape_.reset();
-    const Var<T> loss = loss_of(tape_);
-    tape_.backward(loss);
-    return finish_step(static_cast<double>(loss.item()));
+    double loss = 0;
+    try {
+      const Var<T> value = loss_of(tape_);
+      tape_.backward(value);
+      loss = static_cast<double>(value.item());
+    } catch (...) {
+      optimizer_.zero_grad();  // a backward pass cut short must not leave half a gradient to the next step
+      throw;
+    }
+    return finish_step(loss);
   }
 
   /// One optimizer step on a loss that is the sum of `parts` independent parts — the halves of a
@@ -128,6 +141,7 @@ class TrainingLoop {
     for (const std::exception_ptr& error : errors)
       if (error) {
         clear_part_gradients();
+        optimizer_.zero_grad();  // part 0's, which went to the parameters' own buffers
         std::rethrow_exception(error);
       }
     add_part_gradients();
@@ -139,7 +153,8 @@ class TrainingLoop {
   /// The learning rate of the next step (before each group's multiplier).
   double learning_rate() const { return config_.schedule()(step_count_); }
   index_t step_count() const { return step_count_; }
-  /// The gradient norm before clipping at the last step (0 while clipping is off).
+  /// The gradient norm before clipping at the last step (computed with clipping off too: every
+  /// step checks it is finite).
   double last_grad_norm() const { return last_grad_norm_; }
   const OptimizationConfig& config() const { return config_; }
   const AdamW<T>& optimizer() const { return optimizer_; }
@@ -182,9 +197,15 @@ class TrainingLoop {
     return config;
   }
 
-  // After the backward pass: clipping, the update, the step count and the learning curve.
+  // After the backward pass: the divergence check, clipping, the update, the step count and the
+  // learning curve. The check comes first because everything after it is irreversible: AdamW's
+  // moments absorb a NaN for good, and the caller's next checkpoint would store it.
   double finish_step(double loss) {
-    if (config_.grad_clip > 0) last_grad_norm_ = static_cast<double>(clip_grad_norm(parameters_, config_.grad_clip));
+    const std::span<Parameter<T>* const> parameters(parameters_);
+    const double norm = grad_norm(parameters);  // one pass over the gradients, which clipping needs anyway
+    if (!std::isfinite(loss) || !std::isfinite(norm)) refuse_diverged_step(loss, norm);
+    if (config_.grad_clip > 0) scale_to_norm(parameters, norm, config_.grad_clip);
+    last_grad_norm_ = norm;
     const double rate = learning_rate();
     optimizer_.step(rate);
     optimizer_.zero_grad();
@@ -192,6 +213,19 @@ class TrainingLoop {
     if (curve_ && curve_->add_step(step_count_, loss))
       curve_->add_row(step_count_, rate, curve_->evaluation_due(step_count_) ? evaluate_(tape_) : std::vector<double>{});
     return loss;
+  }
+
+  // DivergenceError for the step about to run (step_count_ + 1), after zeroing its gradients, so
+  // that a caller who catches it (to lower the rate and go on, say) starts the next step clean.
+  [[noreturn]] void refuse_diverged_step(double loss, double norm) {
+    const std::string culprit = std::isfinite(norm) ? std::string("every gradient is finite; the loss alone is not")
+                                                    : describe_non_finite_gradient(std::span<Parameter<T>* const>(parameters_));
+    optimizer_.zero_grad();
+    detail::fail<DivergenceError>(
+        "TrainingLoop: training diverged at step ", step_count_ + 1, ": loss = ", detail::shown(loss),
+        ", gradient norm = ", detail::shown(norm), "; ", culprit, ". Nothing was updated: the parameters and the "
+        "optimizer state are those of step ", step_count_, ". To find the op that first produced a non-finite value, "
+        "rerun with tape().set_check_finite(true); a lower max_lr or grad_clip > 0 may avoid the divergence");
   }
 
   // Tapes and gradient buffers for parts 1..parts−1 (part 0 uses the loop's tape and the

@@ -316,41 +316,71 @@ class Sgd {
   index_t step_count_ = 0;
 };
 
+namespace detail {
+// Whether a parameter's gradient counts in the norm: it is trained and has a gradient buffer.
+template <Scalar T>
+bool clipped(const Parameter<T>* p) {
+  return !p->frozen() && p->has_grad();
+}
+}  // namespace detail
+
+/// The L2 norm of all unfrozen parameters' gradients taken together, accumulated in double: what
+/// clip_grad_norm clips and the training loop checks. NaN or infinity when a gradient element is
+/// (or, rarely, when the sum of squares overflows). UsageError for a null pointer, ShapeError for a
+/// gradient of another shape than its parameter.
+template <Scalar T>
+double grad_norm(std::span<Parameter<T>* const> parameters) {
+  double total = 0;  // Σ g² over every unfrozen gradient
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    if (parameters[i] == nullptr) detail::fail<UsageError>("grad_norm: parameter ", i, " is a null pointer");
+    if (!detail::clipped(parameters[i])) continue;
+    const Tensor<T>& g = parameters[i]->grad();
+    if (g.shape() != parameters[i]->shape())
+      detail::fail<ShapeError>("grad_norm: parameter '", parameters[i]->name(), "' has shape ", parameters[i]->shape(),
+                               " but its gradient has shape ", g.shape());
+    total += detail::sum_of_squares(g.data(), g.numel());
+  }
+  return std::sqrt(total);
+}
+
+/// "the gradient of '<name>' holds nan at element 48" for the first unfrozen parameter whose
+/// gradient holds NaN or infinity, or "every gradient element is finite (...)" — for messages about a
+/// norm that is not finite, which the first parameter at fault explains better than the norm does.
+template <Scalar T>
+std::string describe_non_finite_gradient(std::span<Parameter<T>* const> parameters) {
+  for (const Parameter<T>* p : parameters) {
+    if (p == nullptr || !detail::clipped(p)) continue;
+    const std::span<const T> g = p->grad().span();
+    const auto bad = std::find_if(g.begin(), g.end(), [](T x) { return !std::isfinite(x); });
+    if (bad != g.end())
+      return detail::concat("the gradient of '", p->name(), "' holds ", detail::shown(static_cast<double>(*bad)),
+                            " at element ", bad - g.begin());
+  }
+  return "every gradient element is finite (the sum of their squares overflowed)";
+}
+
+/// Scales every unfrozen gradient by max_norm / (norm + 1e-6) when that is below 1, `norm` being
+/// their grad_norm: the second half of clip_grad_norm, for a caller that has the norm already.
+template <Scalar T>
+void scale_to_norm(std::span<Parameter<T>* const> parameters, double norm, double max_norm) {
+  const double scale = max_norm / (norm + 1e-6);
+  if (scale < 1)
+    for (Parameter<T>* p : parameters)
+      if (detail::clipped(p)) detail::ArrayMap<T>(p->mutable_grad().data(), p->numel()) *= static_cast<T>(scale);
+}
+
 /// PyTorch's clip_grad_norm_: the L2 norm of all unfrozen parameters' gradients taken together
-/// (accumulated in double); when it exceeds `max_norm`, every such gradient is scaled by
+/// (grad_norm); when it exceeds `max_norm`, every such gradient is scaled by
 /// max_norm / (norm + 1e-6). Returns the norm before clipping. NonFiniteError, naming the first
 /// parameter whose gradient holds NaN or infinity, when the norm is not finite.
 template <Scalar T>
 T clip_grad_norm(std::span<Parameter<T>* const> parameters, double max_norm) {
   detail::check_non_negative("clip_grad_norm", "max_norm", max_norm, true);
-  const auto clipped = [](const Parameter<T>* p) { return !p->frozen() && p->has_grad(); };
-  double total = 0;  // Σ g² over every clipped gradient
-  for (std::size_t i = 0; i < parameters.size(); ++i) {
-    if (parameters[i] == nullptr) detail::fail<UsageError>("clip_grad_norm: parameter ", i, " is a null pointer");
-    if (!clipped(parameters[i])) continue;
-    const Tensor<T>& g = parameters[i]->grad();
-    if (g.shape() != parameters[i]->shape())
-      detail::fail<ShapeError>("clip_grad_norm: parameter '", parameters[i]->name(), "' has shape ",
-                               parameters[i]->shape(), " but its gradient has shape ", g.shape());
-    total += detail::sum_of_squares(g.data(), g.numel());
-  }
-  const double norm = std::sqrt(total);
-  if (!std::isfinite(norm)) {
-    for (const Parameter<T>* p : parameters) {
-      if (!clipped(p)) continue;
-      const std::span<const T> g = p->grad().span();
-      const auto bad = std::find_if(g.begin(), g.end(), [](T x) { return !std::isfinite(x); });
-      if (bad != g.end())
-        detail::fail<NonFiniteError>("clip_grad_norm: the gradient of '", p->name(), "' holds ", *bad, " at element ",
-                                     bad - g.begin(), " (total norm ", norm, ")");
-    }
-    detail::fail<NonFiniteError>("clip_grad_norm: the gradient norm overflowed to ", norm,
-                                 " although every element is finite");
-  }
-  const double scale = max_norm / (norm + 1e-6);
-  if (scale < 1)
-    for (Parameter<T>* p : parameters)
-      if (clipped(p)) detail::ArrayMap<T>(p->mutable_grad().data(), p->numel()) *= static_cast<T>(scale);
+  const double norm = grad_norm(parameters);
+  if (!std::isfinite(norm))
+    detail::fail<NonFiniteError>("clip_grad_norm: ", describe_non_finite_gradient(parameters), " (total norm ",
+                                 detail::shown(norm), ")");
+  scale_to_norm(parameters, norm, max_norm);
   return static_cast<T>(norm);
 }
 
