@@ -7,7 +7,10 @@
 // how a coprocessor is trained through a frozen decoder.
 //
 //   ./build/examples/autodiff_demo
+//   ./build/examples/autodiff_demo --help
 #include <dca/dca.hpp>
+
+#include <CLI/CLI.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -64,7 +67,10 @@ struct FrozenModel {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  // No options: parsing only answers --help and refuses a mistyped flag instead of ignoring it.
+  CLI::App app{"Learn a latent row by gradient descent through a frozen one-layer attention model"};
+  CLI11_PARSE(app, argc, argv);
   std::printf("gemm: %s\n\n", dca::gemm_backend_summary().c_str());
   const std::vector<index_t> context = {3, 1, 4, 1, 5, 9, 2, 6};
   const std::vector<index_t> target = {7};  // a token the frozen model does not predict

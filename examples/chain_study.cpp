@@ -242,7 +242,7 @@ int loss_share(const Options& o) {
 }
 
 int pretrain(const Options& o) {
-  fs::create_directories(o.decoder_dir);
+  examples::check_writable_directory(o.decoder_dir, "--decoder");
   const dca::CorpusMixture corpus = mixture(o);
   dca::Decoder<float> decoder(
       dca::DecoderConfig::llama({.vocab = 256, .dim = o.dim, .layers = o.layers, .heads = o.dim / 32, .mlp = 3 * o.dim}),
@@ -294,7 +294,7 @@ struct LatentRun {
       : out(o.out_dir.empty() ? "runs/chains/" + kind + "-" + std::to_string(n_latents) : o.out_dir),
         decoder(dca::load_hf_decoder<float>(fs::path(o.decoder_dir) / "model")),
         config(o.coprocessor) {
-    fs::create_directories(out);
+    examples::check_writable_directory(out, "--out");
     decoder.freeze();
     config.n_latents = n_latents;
     config.positions =
@@ -307,6 +307,7 @@ int train_coprocessor(const Options& o) {
   const std::string& out = setup.out;
   dca::Decoder<float>& decoder = setup.decoder;
   const dca::CorpusMixture corpus = mixture(o), text = text_corpus(o);
+  if (text.source_count() > 0) examples::check_held_out(text, o.run.seq_len);  // each evaluation's text rows
   dca::CoprocessorConfig c = setup.config;
   c.source = o.source == "pause" ? dca::LatentSource::pause : dca::LatentSource::coprocessor;
   c.latent_form = o.latent_form == "normed"          ? dca::LatentForm::normed
@@ -478,8 +479,8 @@ int main(int argc, char** argv) {
     sub->add_option("--programs", o.programs, "held-out programs per hop count")->capture_default_str();
     sub->add_option("--eval-every", o.eval_every, "evaluate every this many steps")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
-    sub->add_option("--threads", o.threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+        ->check(examples::at_least(1));
+    sub->add_option("--threads", o.threads, "threads")->capture_default_str()->check(examples::at_least(1));
     sub->add_option("--decoder", o.decoder_dir, "the decoder's run directory")->capture_default_str();
   };
   CLI::App* pre = app.add_subcommand("pretrain", "pretrain the frozen decoder on text + chains");
@@ -487,9 +488,15 @@ int main(int argc, char** argv) {
   o.control.add_options(*pre);
   pre->add_option("--layers", o.layers, "decoder layers")->capture_default_str();
   pre->add_option("--dim", o.dim, "hidden size (heads of 32)")->capture_default_str();
-  pre->add_option("--steps", o.pretrain.optimization.total_steps, "steps")->capture_default_str();
-  pre->add_option("--batch", o.pretrain.batch_size, "sequences per step")->capture_default_str();
-  pre->add_option("--seq", o.pretrain.seq_len, "bytes per sequence")->capture_default_str();
+  pre->add_option("--steps", o.pretrain.optimization.total_steps, "steps")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  pre->add_option("--batch", o.pretrain.batch_size, "sequences per step")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  pre->add_option("--seq", o.pretrain.seq_len, "bytes per sequence")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   pre->add_option("--lr", o.pretrain.optimization.max_lr, "peak learning rate")->capture_default_str();
   pre->add_option("--seed", o.pretrain.seed, "initialisation and batches")->capture_default_str();
   CLI::App* steps = app.add_subcommand("steps", "score the frozen decoder given the first worked steps as text");
@@ -506,9 +513,13 @@ int main(int argc, char** argv) {
     task_flags(sub);
     o.control.add_options(*sub);
     sub->add_option("--out", o.out_dir, "run directory (default runs/chains/" + kind + "-<N_L>)");
-    sub->add_option("--latents", o.latents, "N_L, the latents per insertion")->capture_default_str()->check(CLI::PositiveNumber);
-    sub->add_option("--batch", o.run.batch_size, batch)->capture_default_str();
-    sub->add_option("--steps", o.run.optimization.total_steps, "steps")->capture_default_str();
+    sub->add_option("--latents", o.latents, "N_L, the latents per insertion")
+        ->capture_default_str()
+        ->check(examples::at_least(1));
+    sub->add_option("--batch", o.run.batch_size, batch)->capture_default_str()->check(examples::at_least(1));
+    sub->add_option("--steps", o.run.optimization.total_steps, "steps")
+        ->capture_default_str()
+        ->check(examples::at_least(1));
     sub->add_option("--lr", o.run.optimization.max_lr, "peak learning rate of the copied weights")->capture_default_str();
     sub->add_option("--new-lr-mult", o.run.new_lr_multiplier, "learning-rate multiplier of the new parameters")
         ->capture_default_str();
@@ -542,7 +553,7 @@ int main(int argc, char** argv) {
   latent_run_flags(pro, "probe", "programs per step", "training programs (the soft tokens: --seed too)");
   pro->add_option("--probe-steps", o.probe_steps, "worked steps the latents write (one per two latents)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(examples::at_least(1));
   CLI11_PARSE(app, argc, argv);
   o.run.optimization.min_lr = o.run.optimization.max_lr / 10;
   o.pretrain.optimization.min_lr = o.pretrain.optimization.max_lr / 10;

@@ -18,6 +18,8 @@
 #include <dca/dca.hpp>
 #include <dca/io/coprocessor_dir.hpp>
 
+#include "run_control.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -156,7 +158,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", o.sampling.seed, "sampling seed: the same seed gives the same text")->capture_default_str();
   app.add_flag("--ignore-eos", o.ignore_eos, "do not stop at the tokenizer's end-of-sequence token");
-  app.add_option("--threads", o.threads, "threads for GEMMs and parallel loops")->capture_default_str();
+  app.add_option("--threads", o.threads, "threads for GEMMs and parallel loops")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   CLI11_PARSE(app, argc, argv);
   for (const char* required : {"--model", "--prompt"})
     if (app.count(required) == 0) {

@@ -19,6 +19,7 @@
 #include <dca/train/trainer.hpp>
 
 #include "progress.hpp"
+#include "run_control.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -99,44 +100,56 @@ int main(int argc, char** argv) {
   bool resume = false;
 
   app.add_option("--arch", architecture, "llama (rotary, RMSNorm, SwiGLU), qwen2, gemma2 or gpt2 (learned positions)")
-      ->capture_default_str();
-  app.add_option("--layers", layers, "transformer blocks")->capture_default_str();
-  app.add_option("--heads", heads, "attention heads")->capture_default_str();
-  app.add_option("--dim", dim, "model width d")->capture_default_str();
-  app.add_option("--mlp", mlp, "MLP width")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::IsMember({"llama", "qwen2", "gemma2", "gpt2"}));
+  app.add_option("--layers", layers, "transformer blocks")->capture_default_str()->check(examples::at_least(1));
+  app.add_option("--heads", heads, "attention heads")->capture_default_str()->check(examples::at_least(1));
+  app.add_option("--dim", dim, "model width d")->capture_default_str()->check(examples::at_least(1));
+  app.add_option("--mlp", mlp, "MLP width")->capture_default_str()->check(examples::at_least(1));
   app.add_option("--tokenizer", tokenizer_file,
                  "a SentencePiece model (spm_train's .model): train over its vocabulary instead of bytes; saved "
                  "as <out>/model/tokenizer.model");
   app.add_option("--seq-len", run.seq_len, "tokens (bytes, without --tokenizer) per training sequence")
-      ->capture_default_str();
-  app.add_option("--batch", run.batch_size, "sequences per step")->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--batch", run.batch_size, "sequences per step")->capture_default_str()->check(examples::at_least(1));
   app.add_option("--steps", optimization.total_steps, "optimizer steps (the cosine schedule spans them)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--max-lr", optimization.max_lr, "peak learning rate")->capture_default_str();
   app.add_option("--min-lr", optimization.min_lr, "final learning rate")->capture_default_str();
   app.add_option("--warmup", optimization.warmup_steps, "linear warmup steps")->capture_default_str();
   app.add_option("--weight-decay", optimization.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
   app.add_option("--clip", optimization.grad_clip, "global gradient-norm clip (0: off)")->capture_default_str();
   app.add_option("--seed", run.seed, "batch sampler and initialisation seed")->capture_default_str();
-  app.add_option("--threads", threads, "threads for GEMMs and parallel loops")->capture_default_str();
+  app.add_option("--threads", threads, "threads for GEMMs and parallel loops")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--fortunes", fortunes_dir, "directory of fortune files (\"\" to skip)")->capture_default_str();
   app.add_option("--dictionary", dictionary, "gzip dictionary text (\"\" to skip)")->capture_default_str();
   app.add_option("--text", extra_text, "more plain-text files to mix in (weight 1 each)");
   app.add_option("--fortunes-weight", fortunes_weight, "sampling weight of the fortunes")->capture_default_str();
   app.add_option("--dictionary-weight", dictionary_weight, "sampling weight of the dictionary")->capture_default_str();
   app.add_option("--log-every", run.curve.every, "steps per row of <out>/learning_curve.csv (and .svg)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--eval-every", run.curve.evaluate_every,
                  "steps between held-out evaluations (a multiple of --log-every)")
-      ->capture_default_str();
-  app.add_option("--eval-batches", run.curve.eval_batches, "held-out batches per evaluation")->capture_default_str();
-  app.add_option("--checkpoint-every", checkpoint_every, "steps between checkpoints")->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--eval-batches", run.curve.eval_batches, "held-out batches per evaluation")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--checkpoint-every", checkpoint_every, "steps between checkpoints")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--out", out_dir, "output directory: checkpoint, learning curve, Hugging Face model")
       ->capture_default_str();
   app.add_flag("--resume", resume, "continue from <out>/checkpoint.safetensors");
   app.add_option("--time-limit", time_limit_minutes, "stop after this many minutes (0: none)")->capture_default_str();
   app.add_option("--sample-bytes,--sample-tokens", sample_bytes, "tokens (bytes, without --tokenizer) to generate at the end")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(0));
   app.add_option("--temperature", sampling.temperature, "sampling temperature (0: greedy)")->capture_default_str();
   app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens (0: off)")->capture_default_str();
   app.add_option("--top-p", sampling.top_p, "nucleus sampling: the most likely tokens with this mass (1: off)")
@@ -150,6 +163,13 @@ int main(int argc, char** argv) {
     sampling.seed = run.seed;
     sampling.validate();  // before training, not after it
     if (prompt.empty()) throw dca::UsageError("--prompt must not be empty: the sample continues it");
+    if (run.curve.evaluate_every % run.curve.every != 0)
+      throw dca::UsageError("--eval-every " + std::to_string(run.curve.evaluate_every) +
+                            " must be a multiple of --log-every " + std::to_string(run.curve.every) +
+                            " (evaluations go into rows of the learning curve)");
+    if (resume && !std::filesystem::exists(std::filesystem::path(out_dir) / "checkpoint.safetensors"))
+      throw dca::UsageError("--resume: " + out_dir + " holds no checkpoint.safetensors to continue from");
+    examples::check_writable_directory(out_dir, "--out");
     dca::set_num_threads(threads);
     const dca::AnyTokenizer tokenizer = load_tokenizer(tokenizer_file);
     const bool subword = !tokenizer_file.empty();
@@ -174,6 +194,7 @@ int main(int argc, char** argv) {
     if (!dictionary.empty()) add(dca::TextSource::from_gzip(dictionary), dictionary_weight);
     for (const std::string& path : extra_text) add(dca::TextSource::from_file(path), 1.0);
     if (corpus.source_count() == 0) throw dca::UsageError("no corpus: pass --fortunes, --dictionary or --text");
+    examples::check_held_out(corpus, run.seq_len);
     for (index_t s = 0; s < corpus.source_count(); ++s)
       std::printf("corpus %-34s %6.2f M %s (train %.2f M, held out %.3f M), weight %.2f\n",
                   corpus.source(s).name().c_str(), static_cast<double>(corpus.source(s).size()) / 1e6, unit,

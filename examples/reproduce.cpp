@@ -20,6 +20,7 @@
 #include <dca/experiment/reproduction.hpp>
 
 #include "progress.hpp"
+#include "run_control.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -227,7 +228,7 @@ int main(int argc, char** argv) {
   app.add_flag("--fresh", fresh, "ignore the results of an earlier run in the output directory");
   app.add_flag("--update-docs", update, "rewrite the reproduction section of --docs and copy the plots next to it");
   app.add_option("--docs", docs, "the results page --update-docs rewrites")->capture_default_str();
-  app.add_option("--threads", threads, "threads")->capture_default_str();
+  app.add_option("--threads", threads, "threads")->capture_default_str()->check(examples::at_least(1));
   app.add_option("--fortunes", fortunes_dir, "fortune files (English text)")->capture_default_str();
   app.add_option("--dictionary", dictionary, "gzip dictionary (English text)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -244,6 +245,7 @@ int main(int argc, char** argv) {
                         : dca::ReproductionProfile::full();
     const dca::ReproductionProfile& p = c.profile;
     c.out = out_dir.empty() ? fs::path("runs") / ("reproduce-" + p.name) : fs::path(out_dir);
+    examples::check_writable_directory(c.out, "--out");
     fs::create_directories(c.out / "runs");
     const fs::path settings = c.out / "profile.txt";
     if (!fresh && fs::exists(settings) && dca::read_text_file(settings) != p.fingerprint())

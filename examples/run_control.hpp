@@ -1,11 +1,13 @@
 // examples/run_control.hpp — what makes a long training run something one starts and leaves: a
 // checkpoint every N steps in the run directory (a stopped run loses at most N steps), --resume to
 // continue it bit-identically, --stop-at to end a slice of it early, and logs that a resumed run
-// continues without duplicated rows.
+// continues without duplicated rows; and the checks that refuse what would fail the run later (a
+// zero interval, an unwritable directory, held-out text too short) before its first step.
 #pragma once
 
 #include <dca/core/config.hpp>
 #include <dca/core/error.hpp>
+#include <dca/data/corpus.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -13,9 +15,49 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace examples {
+
+/// A CLI11 check that an integer option is at least `minimum`, so that a zero interval (a division
+/// by zero at the first step) or a thread count of 0 is refused at parsing: "--threads: must be at
+/// least 1, got 0".
+inline CLI::Validator at_least(long long minimum) {
+  return CLI::Validator(
+      [minimum](std::string& text) -> std::string {
+        long long value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return "'" + text + "' is not an integer";
+        if (value < minimum) return "must be at least " + std::to_string(minimum) + ", got " + text;
+        return {};
+      },
+      ">=" + std::to_string(minimum));
+}
+
+/// Creates the output directory `dir` and writes and removes a probe file in it (UsageError naming
+/// `option` and the directory otherwise): a run whose results cannot be saved is refused before
+/// its first step, not after its last.
+inline void check_writable_directory(const std::filesystem::path& dir, const std::string& option) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error)
+    throw dca::UsageError(option + " " + dir.string() + ": cannot create the directory (" + error.message() + ")");
+  const std::filesystem::path probe = dir / ".write-probe";
+  bool written = false;
+  {
+    std::ofstream out(probe, std::ios::trunc);
+    written = static_cast<bool>(out << "probe\n" << std::flush);
+  }
+  std::filesystem::remove(probe, error);
+  if (!written) throw dca::UsageError(option + " " + dir.string() + ": the directory is not writable");
+}
+
+/// Refuses held-out text with no window of `seq_len` tokens, which would otherwise fail at the
+/// first evaluation, after the training steps before it (RangeError naming --seq-len and the source).
+inline void check_held_out(const dca::CorpusMixture& corpus, dca::index_t seq_len) {
+  const std::string who = "--seq-len " + std::to_string(seq_len) + " (held-out text)";
+  corpus.check_windows(who.c_str(), dca::Split::validation, seq_len);
+}
 
 struct RunControl {
   dca::index_t checkpoint_every = 100;  // steps between checkpoints: a stopped run loses at most this many
@@ -27,10 +69,10 @@ struct RunControl {
   void add_options(CLI::App& app) {
     app.add_option("--checkpoint-every", checkpoint_every, "steps between checkpoints (a stopped run loses at most these)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(at_least(1));
     app.add_flag("--resume", resume, "continue the run in the run directory from its checkpoint, bit-identically");
     app.add_option("--stop-at", stop_at, "stop after this step, checkpoint written, to continue later with --resume")
-        ->check(CLI::PositiveNumber);
+        ->check(at_least(1));
   }
 
   /// The checkpoint of the run in `dir`, after checking that the run may start: a checkpoint there

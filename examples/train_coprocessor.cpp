@@ -80,13 +80,19 @@ void print_table(const dca::AheadEvaluation& before, const dca::AheadEvaluation&
 // decay = 1 makes the paper's uniform mean, weight for weight: one instantiation serves every run.
 int run(const Options& o) {
   dca::set_num_threads(o.threads);
+  examples::check_writable_directory(o.out_dir, "--out");
   const auto corpus = load_corpus(o);
+  examples::check_held_out(corpus, o.run.seq_len);
   auto decoder = dca::load_hf_decoder<float>(o.decoder_dir);
   decoder.freeze();
+  // A rank above the width adds parameters without adding anything a full update lacks.
+  if (o.coprocessor.lora_rank > decoder.config().hidden_size)
+    throw dca::UsageError("--lora-rank " + std::to_string(o.coprocessor.lora_rank) + " exceeds the width " +
+                          std::to_string(decoder.config().hidden_size) + " of the decoder " + o.decoder_dir +
+                          " (0: full fine-tuning)");
   dca::CoprocessorConfig config = o.coprocessor;
   config.n_latents = o.latents;
   dca::Coprocessor<float, dca::dynamic_latents, dca::GeometricAhead> coprocessor(decoder, config, {o.decay});
-  std::filesystem::create_directories(o.out_dir);
   dca::CoprocessorTrainerConfig training = o.run;
   training.curve.directory = o.out_dir;
   training.curve.eval_points = o.eval_points;
@@ -163,8 +169,12 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out_dir, "run directory: the coprocessor checkpoint and the learning curve")
       ->capture_default_str();
   app.add_option("--latents", o.latents, "N_L latents per insertion")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")->capture_default_str();
-  app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")->capture_default_str();
+  app.add_option("--ahead", o.coprocessor.n_ahead, "N_A ahead tokens in the loss")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--points", o.run.points_per_sequence, "K augmentation points per sequence")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--decay", o.decay, "ahead-token loss weights ∝ decay^(n−1) (GeometricAhead); 1: uniform mean")
       ->capture_default_str();
   app.add_option("--latent-form", form, "residual, normed, final-hidden or token-mixture")->capture_default_str();
@@ -173,10 +183,18 @@ int main(int argc, char** argv) {
   app.add_option("--input", input, "kv-cache or last-layer (ablation)")->capture_default_str();
   app.add_flag("--pause", pause, "pause-token baseline: input-independent latents");
   app.add_flag("--random-init", random_init, "initialise the coprocessor randomly instead of from the decoder");
-  app.add_option("--lora-rank", o.coprocessor.lora_rank, "0: full fine-tuning; r: LoRA adapters of rank r")->capture_default_str();
-  app.add_option("--steps", o.run.optimization.total_steps, "training steps")->capture_default_str();
-  app.add_option("--batch", o.run.batch_size, "sequences per step")->capture_default_str();
-  app.add_option("--seq-len", o.run.seq_len, "tokens per sequence")->capture_default_str();
+  app.add_option("--lora-rank", o.coprocessor.lora_rank, "0: full fine-tuning; r: LoRA adapters of rank r")
+      ->capture_default_str()
+      ->check(examples::at_least(0));
+  app.add_option("--steps", o.run.optimization.total_steps, "training steps")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--batch", o.run.batch_size, "sequences per step")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--seq-len", o.run.seq_len, "tokens per sequence")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
   app.add_option("--max-lr", o.run.optimization.max_lr, "peak learning rate")->capture_default_str();
   app.add_option("--min-lr", o.run.optimization.min_lr, "final learning rate")->capture_default_str();
   app.add_option("--warmup", o.run.optimization.warmup_steps, "warmup steps")->capture_default_str();
@@ -185,15 +203,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", o.run.seed, "batches and augmentation points")->capture_default_str();
   app.add_option("--curve-every", o.run.curve.every, "steps per row of <out>/learning_curve.csv and .svg (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(0));
   app.add_option("--curve-eval-every", o.run.curve.evaluate_every,
                  "steps between held-out evaluations in the curve, a multiple of --curve-every (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(0));
   app.add_option("--curve-eval-batches", o.run.curve.eval_batches, "held-out batches per curve evaluation")
-      ->capture_default_str();
-  app.add_option("--eval-batches", o.eval_batches, "held-out batches in the final table")->capture_default_str();
-  app.add_option("--eval-points", o.eval_points, "augmentation points per held-out sequence (0: all)")->capture_default_str();
-  app.add_option("--threads", o.threads, "threads")->capture_default_str();
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--eval-batches", o.eval_batches, "held-out batches in the final table")
+      ->capture_default_str()
+      ->check(examples::at_least(1));
+  app.add_option("--eval-points", o.eval_points, "augmentation points per held-out sequence (0: all)")
+      ->capture_default_str()
+      ->check(examples::at_least(0));
+  app.add_option("--threads", o.threads, "threads")->capture_default_str()->check(examples::at_least(1));
   app.add_option("--fortunes", o.fortunes_dir, "fortune files (\"\" to skip)")->capture_default_str();
   app.add_option("--dictionary", o.dictionary, "gzip dictionary (\"\" to skip)")->capture_default_str();
   app.add_option("--text", o.extra_text, "more plain-text files to mix in (weight 1 each)");
@@ -220,6 +245,11 @@ int main(int argc, char** argv) {
     if (app.count("--warmup") == 0)
       o.run.optimization.warmup_steps = std::min(o.run.optimization.warmup_steps, o.run.optimization.total_steps / 10);
     if (!(o.decay > 0 && o.decay <= 1)) throw dca::UsageError("--decay must lie in (0, 1]");
+    const index_t every = o.run.curve.every, evaluate_every = o.run.curve.evaluate_every;
+    if (evaluate_every > 0 && (every == 0 || evaluate_every % every != 0))
+      throw dca::UsageError("--curve-eval-every " + std::to_string(evaluate_every) +
+                            " must be a multiple of --curve-every " + std::to_string(every) +
+                            " (evaluations go into rows of the learning curve)");
     return run(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\ntrain_coprocessor: %s\n", e.what());
