@@ -29,22 +29,11 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDCA_BUILD_TESTS=OFF -D
 cmake --build "$build" --target bench_training -j2 >/dev/null
 bench=$build/benchmarks/bench_training
 
-source "$root/benchmarks/quiet_machine.sh"  # others_busy, wait_for_quiet
+source "$root/benchmarks/quiet_machine.sh"  # others_busy, wait_for_quiet, set_torch_blas_env
 
 have_torch=0
 if "$python" -c "import torch" 2>/dev/null; then have_torch=1; fi
-# PyTorch reaches OpenBLAS through libblas.so.3, by default the pthread flavour when it is
-# installed (update-alternatives), whose threads ignore torch.set_num_threads and fight its
-# OpenMP threads: at 2 threads that halves PyTorch's speed. Its best configuration, used here, is
-# the OpenMP flavour (libopenblas0-openmp), which shares torch's OpenMP threads, as dca does.
-torch_blas=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/openblas-openmp
-[ -e "$torch_blas/libblas.so.3" ] || torch_blas=""
-
-# dca's GEMM path and OpenBLAS kernel set.
-dca_gemm=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 1p)
-dca_core=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 2p)
-torch_env=(LD_LIBRARY_PATH="$torch_blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
-[ -n "$dca_core" ] && torch_env+=(OPENBLAS_CORETYPE="$dca_core")
+set_torch_blas_env "$bench"
 torch_core="-"
 if [ "$have_torch" = 1 ]; then
   torch_core=$(env "${torch_env[@]}" "$python" "$root/benchmarks/pytorch_training_step.py" --config tiny --threads 1 \

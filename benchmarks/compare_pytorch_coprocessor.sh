@@ -54,21 +54,14 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDCA_BUILD_TESTS=OFF -D
 cmake --build "$build" --target bench_coprocessor bench_gemm -j"${BUILD_JOBS:-2}" >/dev/null
 bench=$build/benchmarks/bench_coprocessor
 
-source "$root/benchmarks/quiet_machine.sh"  # others_busy, wait_for_quiet
+source "$root/benchmarks/quiet_machine.sh"  # others_busy, wait_for_quiet, set_torch_blas_env
 
 if ! "$python" -c "import torch" 2>/dev/null; then
   echo "PyTorch not found: /usr/bin/python3 -c 'import torch' failed" \
        "(apt-get install python3-torch libopenblas0-openmp)" >&2
   exit 1
 fi
-# PyTorch's best configuration (see compare_pytorch.sh): the OpenMP flavour of OpenBLAS, which shares
-# torch's OpenMP threads, with dca's kernel set.
-torch_blas=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/openblas-openmp
-[ -e "$torch_blas/libblas.so.3" ] || torch_blas=""
-dca_gemm=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 1p)
-dca_core=$("$bench" --dca_gemm_backend 2>/dev/null | sed -n 2p)
-torch_env=(LD_LIBRARY_PATH="$torch_blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
-[ -n "$dca_core" ] && torch_env+=(OPENBLAS_CORETYPE="$dca_core")
+set_torch_blas_env "$bench"
 pytorch() { env "${torch_env[@]}" "$python" "$script" "$@"; }
 
 work=$(mktemp -d)
