@@ -14,26 +14,19 @@ file(MAKE_DIRECTORY "${WORK_DIR}")
 set(fixture "${SOURCE_DIR}/tests/data/hf/llama")
 set(sample "${SOURCE_DIR}/tests/data/sample.txt")
 
-# Runs a command; expect_success TRUE/FALSE. Leaves its stdout and stderr in `out` and `err`. The
-# command goes through sh, each argument single-quoted, so that EMPTY can stand for an empty
-# argument (which a CMake list would drop).
+include("${CMAKE_CURRENT_LIST_DIR}/run_command.cmake")
+
+# Runs a command (run_command); expect_success TRUE/FALSE. Leaves its stdout and stderr in `out` and
+# `err`.
 function(run name expect_success)
-  set(command "")
-  foreach(argument IN LISTS ARGN)
-    if(argument STREQUAL "EMPTY")
-      string(APPEND command " ''")
-    else()
-      string(APPEND command " '${argument}'")
-    endif()
-  endforeach()
-  execute_process(COMMAND sh -c "${command}" RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+  run_command(${ARGN})
   if(expect_success AND NOT rc EQUAL 0)
-    message(FATAL_ERROR "${name} failed (${rc}):\n${stdout}\n${stderr}")
+    message(FATAL_ERROR "${name} failed (${rc}):\n${out}\n${err}")
   elseif(NOT expect_success AND rc EQUAL 0)
-    message(FATAL_ERROR "${name} should have been refused:\n${stdout}\n${stderr}")
+    message(FATAL_ERROR "${name} should have been refused:\n${out}\n${err}")
   endif()
-  set(out "${stdout}" PARENT_SCOPE)
-  set(err "${stderr}" PARENT_SCOPE)
+  set(out "${out}" PARENT_SCOPE)
+  set(err "${err}" PARENT_SCOPE)
 endfunction()
 
 function(expect_match name text pattern)

@@ -16,27 +16,12 @@ if(KEEP_GOING)
   set(failure SEND_ERROR)
 endif()
 
-# Runs a command through sh, each argument single-quoted (EMPTY stands for an empty argument, which
-# a CMake list would drop). Leaves its exit status in `rc` and its stdout and stderr in `out`, `err`.
-function(run)
-  set(command "")
-  foreach(argument IN LISTS ARGN)
-    if(argument STREQUAL "EMPTY")
-      string(APPEND command " ''")
-    else()
-      string(APPEND command " '${argument}'")
-    endif()
-  endforeach()
-  execute_process(COMMAND sh -c "${command}" RESULT_VARIABLE status OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
-  set(rc "${status}" PARENT_SCOPE)
-  set(out "${stdout}" PARENT_SCOPE)
-  set(err "${stderr}" PARENT_SCOPE)
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/run_command.cmake")
 
 # `name` must be refused: a non-zero exit that is no signal (sh reports a signal as 128 + its
 # number), with `pattern` in its stderr.
 function(expect_refused name pattern)
-  run(${ARGN})
+  run_command(${ARGN})
   if(rc EQUAL 0)
     message(${failure} "${name}: accepted, should have been refused:\n${out}\n${err}")
   elseif(NOT rc MATCHES "^[0-9]+$" OR rc GREATER 127)
@@ -49,7 +34,7 @@ function(expect_refused name pattern)
 endfunction()
 
 function(expect_help name program)
-  run("${program}" --help)
+  run_command("${program}" --help)
   if(NOT rc EQUAL 0 OR NOT out MATCHES "Usage:")
     message(${failure} "${name} --help: exit ${rc}, expected usage:\n${out}\n${err}")
   else()
@@ -133,7 +118,7 @@ endforeach()
 
 # Nothing refused above trained, so the directories hold no run: both still train to the end.
 foreach(case IN ITEMS pretrain coprocessor)
-  run(${${case}})
+  run_command(${${case}})
   if(NOT rc EQUAL 0)
     message(${failure} "${case} with good options failed (exit ${rc}):\n${out}\n${err}")
   else()
